@@ -1,0 +1,69 @@
+"""The one narrow interface every text-generation backend implements.
+
+Chat messages in, texts out, with seeds. Backends: ``lmdeploy`` (in-process
+pipeline), ``openai`` (any OpenAI-compatible server, e.g. ``lmdeploy serve
+api_server``), ``hf`` (transformers ``generate``). Heavy libraries are imported
+only when a backend is chosen (:func:`load_backend`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """Decoding settings. Defaults are the paper's sampling (top-k 40, T 0.8).
+
+    ``top_p`` is always sent explicitly as 1.0: LMDeploy's server and
+    transformers otherwise fill it from the model's generation_config.json
+    (Llama-3.1: 0.9), silently changing the distribution.
+    """
+
+    do_sample: bool = True
+    top_k: int = 40
+    top_p: float = 1.0
+    temperature: float = 0.8
+    max_new_tokens: int = 512
+
+    @classmethod
+    def greedy(cls, max_new_tokens: int = 512) -> "Decoding":
+        return cls(do_sample=False, top_k=1, top_p=1.0, temperature=1.0, max_new_tokens=max_new_tokens)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt; ``n`` responses; ``seed`` makes sampling reproducible."""
+
+    messages: list[dict]
+    n: int = 1
+    seed: int | None = None
+
+
+class ChatBackend(Protocol):
+    name: str  # "hf", "openai", "lmdeploy", ...
+    model: str  # the model path or served name, recorded in every sample
+
+    def generate(self, requests: Sequence[GenerationRequest], decoding: Decoding) -> list[list[str]]:
+        """For each request, ``request.n`` response texts, in order."""
+        ...
+
+
+# name -> "module:class"; test doubles register here too, named as doubles.
+BACKENDS: dict[str, str] = {
+    "hf": "maskdpo.backends.hf:HFBackend",
+    "openai": "maskdpo.backends.openai:OpenAIBackend",
+    "lmdeploy": "maskdpo.backends.lmdeploy:LMDeployBackend",
+}
+
+
+def load_backend(name: str, model: str, **options: Any) -> ChatBackend:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(sorted(BACKENDS))}")
+    module, cls = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module), cls)(model=model, **options)

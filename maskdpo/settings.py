@@ -1,0 +1,89 @@
+"""One settings dataclass per stage, one source of help text.
+
+Each stage declares its knobs once, as a dataclass whose fields carry
+``metadata={"help": ...}`` (TRL's pattern). :func:`click_options` turns it into
+the command's options (so ``--help`` and the docs cannot drift apart),
+:func:`settings_from_options` builds the object back, and
+:func:`write_settings` records the effective settings next to a stage's outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from pathlib import Path
+from typing import Any, Callable, Literal, TypeVar
+
+import click
+
+S = TypeVar("S")
+
+
+def knob(default: Any, help: str, **kwargs: Any) -> Any:
+    """A settings field with its help text."""
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: default, metadata={"help": help, **kwargs})
+    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+def _option_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def click_options(settings_cls: type, exclude: tuple[str, ...] = ()) -> Callable:
+    """Decorator adding one click option per field of ``settings_cls``."""
+    hints = typing.get_type_hints(settings_cls)
+    decorators = []
+    for f in dataclasses.fields(settings_cls):
+        if f.name in exclude:
+            continue
+        tp = hints[f.name]
+        help_text = f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        required = default is dataclasses.MISSING
+        origin = typing.get_origin(tp)
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if origin is typing.Union and len(args) == 1:  # Optional[X]
+            tp, origin, args = args[0], typing.get_origin(args[0]), list(typing.get_args(args[0]))
+        kwargs: dict[str, Any] = {"help": help_text, "show_default": not required and default is not None}
+        if required:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = default
+        if tp is bool:
+            decl = f"{_option_name(f.name)}/--no-{f.name.replace('_', '-')}"
+            decorators.append(click.option(decl, f.name, **kwargs))
+            continue
+        if origin is Literal:
+            kwargs["type"] = click.Choice([str(a) for a in args])
+        elif tp in (int, float, str):
+            kwargs["type"] = tp
+        elif tp is Path:
+            kwargs["type"] = click.Path(path_type=Path)
+        decorators.append(click.option(_option_name(f.name), f.name, **kwargs))
+
+    def apply(fn: Callable) -> Callable:
+        for dec in reversed(decorators):
+            fn = dec(fn)
+        return fn
+
+    return apply
+
+
+def settings_from_options(settings_cls: type[S], options: dict[str, Any]) -> S:
+    names = {f.name for f in dataclasses.fields(settings_cls)}  # type: ignore[arg-type]
+    return settings_cls(**{k: v for k, v in options.items() if k in names})
+
+
+def settings_dict(settings: Any) -> dict:
+    return {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in dataclasses.asdict(settings).items()}
+
+
+def write_settings(path: str | os.PathLike, settings: Any, **extra: Any) -> None:
+    """Write the effective settings of a run as JSON (next to its outputs)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {**settings_dict(settings), **extra}
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
