@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 
 def cache_root() -> Path:
@@ -50,14 +50,21 @@ def smollm2_gguf_dir() -> Path:
     return Path(spec.origin).parent
 
 
+def _fix_smollm2_special_tokens(tok):
+    """The GGUF metadata maps eos to <|im_start|>; SmolLM2-Instruct ends a turn with <|im_end|>
+    (its released tokenizer uses it as eos and pad)."""
+    tok.eos_token = "<|im_end|>"
+    tok.pad_token = "<|im_end|>"
+    return tok
+
+
 def smollm2_tokenizer_dir() -> Path:
     """SmolLM2-135M-Instruct's tokenizer only (fast: no weights)."""
 
     def build(out: Path) -> None:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(smollm2_gguf_dir(), gguf_file=SMOLLM2_GGUF)
-        tok.save_pretrained(out)
+        _fix_smollm2_special_tokens(AutoTokenizer.from_pretrained(smollm2_gguf_dir(), gguf_file=SMOLLM2_GGUF)).save_pretrained(out)
 
     return _build_once("smollm2-135m-instruct-tokenizer", build)
 
@@ -69,8 +76,10 @@ def smollm2_model_dir() -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         folder = smollm2_gguf_dir()
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+        tok = _fix_smollm2_special_tokens(AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF))
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+        model.config.eos_token_id = model.generation_config.eos_token_id = tok.eos_token_id
+        model.config.pad_token_id = model.generation_config.pad_token_id = tok.pad_token_id
         model.save_pretrained(out)
         tok.save_pretrained(out)
 
