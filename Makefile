@@ -1,12 +1,11 @@
 # The two commands a newcomer needs:
-#   make demo   runs the main job (the pipeline on the built-in examples / toy world)
+#   make demo   runs the main job (the whole method on the CPU toy world)
 #   make test   runs the test suite
-# Both build (once) and reuse the Python environment kept outside the clone,
-# keyed by a hash of the dependency files (scripts/ensure-env.sh).
+# Both build (once) and then reuse the Python environment kept outside the
+# clone, keyed by a hash of the dependency files (scripts/ensure-env.sh).
 
-ENV = $(shell scripts/ensure-env.sh)
-PY = $(ENV)/bin/python
 OUT ?= runs/demo
+ENV_PY = env=$$(scripts/ensure-env.sh) && "$$env/bin/python"
 
 .PHONY: demo test env bench
 
@@ -14,10 +13,7 @@ env:
 	@scripts/ensure-env.sh
 
 demo:
-	$(PY) -m maskdpo.cli demo --out $(OUT) $(ARGS)
+	@$(ENV_PY) -m maskdpo.cli demo --out $(OUT) $(ARGS)
 
 test:
-	$(PY) -m pytest -q $(ARGS)
-
-bench:
-	$(PY) tools/bench_pairs.py
+	@$(ENV_PY) -m pytest -q $(ARGS)
