@@ -1,0 +1,165 @@
+"""Evaluation prompt sets as :class:`~maskdpo.records.Question` records.
+
+- **Biography** (FactScore): FActScore's entity list files, one entity per
+  line (``prompt_entities.txt``, ``unlabeled/prompt_entities.txt``); each
+  becomes "Tell me a bio of <entity>." with the entity as topic (the key of its
+  Wikipedia article).
+- **ANAH** question/document files, one JSON object per line (``.jsonl``) or
+  one JSON list (``.json``), in any of three layouts, told apart per record:
+
+  * ``question`` records of this project (``id``, ``question``, ...);
+  * ANAH-v2's evaluation file (``eval/anah_v2/question_document.jsonl``):
+    ``{question, document, language}`` — no id, so the id is derived from the
+    question text (stable across ``--limit`` and re-orderings);
+  * the ``opencompass/anah`` dataset's per-topic records: ``name`` (the
+    topic), ``documents`` (reference text, a string or a list of strings,
+    joined by blank lines), the topic's questions under ``selected_questions``
+    (a string or a list; the card's spelling ``selected_quetsions`` is
+    accepted too) and ``language`` — one question record per question.
+
+A record that fits none of them is an error naming file, line and field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from .jsonl import FieldError, RecordError, iter_jsonl
+from .records import LANGUAGES, Question
+
+BIO_TEMPLATE = "Tell me a bio of {entity}."
+HF_QUESTION_KEYS = ("selected_questions", "selected_quetsions", "questions")
+
+
+def load_biography_prompts(path: str | os.PathLike, limit: int | None = None) -> list[Question]:
+    """One question per non-blank line of an entity list; a repeated entity is an error."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such entity list")
+    questions: list[Question] = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        entity = line.strip()
+        if not entity:
+            continue
+        if entity in seen:
+            raise RecordError(path, lineno, None, f"entity {entity!r} repeats line {seen[entity]}")
+        seen[entity] = lineno
+        questions.append(Question(id=f"bio-{_digest(entity)}", question=BIO_TEMPLATE.format(entity=entity),
+                                  topic=entity, language="en", split="test"))
+        if limit is not None and len(questions) >= limit:
+            break
+    if not questions:
+        raise ValueError(f"{path}: no entities")
+    return questions
+
+
+def parse_anah_record(d: dict) -> list[Question]:
+    """The question records in one ANAH-style object (see module docstring)."""
+    if "name" in d and any(k in d for k in HF_QUESTION_KEYS):
+        return _from_hf_topic(d)
+    if "id" in d or "format" in d:
+        return [Question.from_dict(d)]
+    if "question" in d:
+        language = _language(d)
+        question = _text(d, "question")
+        document = d.get("document")
+        if document is not None and not isinstance(document, str):
+            raise FieldError("document", f"expected a string, got {type(document).__name__}")
+        topic = d.get("topic", d.get("name", ""))
+        return [Question(id=f"anah-{_digest(question)}", question=question, topic=str(topic), language=language,
+                         document=document, split=d.get("split"))]
+    raise FieldError("question", "missing: expected a question record, ANAH-v2's {question, document, language}, "
+                                 "or an opencompass/anah topic record {name, documents, selected_questions, language}")
+
+
+def load_anah_questions(path: str | os.PathLike, limit: int | None = None) -> list[Question]:
+    """Questions from an ANAH-style ``.jsonl`` or ``.json`` file; repeated ids are an error."""
+    path = Path(path)
+    questions: list[Question] = []
+    where: dict[str, str] = {}
+    for loc, batch in _records(path):
+        for q in batch:
+            if q.id in where:
+                raise ValueError(f"{loc}: question id {q.id!r} repeats {where[q.id]}")
+            where[q.id] = loc
+            questions.append(q)
+            if limit is not None and len(questions) >= limit:
+                return questions
+    if not questions:
+        raise ValueError(f"{path}: no questions")
+    return questions
+
+
+def _records(path: Path):
+    if path.suffix == ".json":
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise RecordError(path, exc.lineno, None, f"invalid JSON ({exc.msg})") from None
+        if not isinstance(data, list):
+            raise RecordError(path, 1, None, "expected a JSON list of records")
+        for i, d in enumerate(data):
+            loc = f"{path}: item {i}"
+            if not isinstance(d, dict):
+                raise ValueError(f"{loc}: expected an object, got {type(d).__name__}")
+            try:
+                yield loc, parse_anah_record(d)
+            except FieldError as exc:
+                raise ValueError(f"{loc}: {exc}") from None
+        return
+    lineno = 0
+
+    def parse(d: dict) -> tuple[str, list[Question]]:
+        nonlocal lineno
+        lineno += 1
+        return f"{path}: record {lineno}", parse_anah_record(d)
+
+    yield from iter_jsonl(path, parse)
+
+
+def _from_hf_topic(d: dict) -> list[Question]:
+    topic = _text(d, "name")
+    language = _language(d)
+    documents = d.get("documents", d.get("document"))
+    if isinstance(documents, list):
+        if not all(isinstance(x, str) for x in documents):
+            raise FieldError("documents", "expected a list of strings")
+        document = "\n\n".join(documents)
+    elif isinstance(documents, str) or documents is None:
+        document = documents
+    else:
+        raise FieldError("documents", f"expected a string or a list of strings, got {type(documents).__name__}")
+    key = next(k for k in HF_QUESTION_KEYS if k in d)
+    raw = d[key]
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not all(isinstance(x, str) and x.strip() for x in items):
+        raise FieldError(key, "expected a question string or a list of non-empty question strings")
+    return [Question(id=f"anah-{_digest(q)}", question=q, topic=topic, language=language, document=document)
+            for q in items]
+
+
+def _text(d: dict, name: str) -> str:
+    value = d.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise FieldError(name, f"expected a non-empty string, got {value!r:.60}")
+    return value
+
+
+def _language(d: dict) -> str:
+    language = d.get("language", "en")
+    if language not in LANGUAGES:
+        raise FieldError("language", f"expected one of {', '.join(LANGUAGES)}, got {language!r}")
+    return language
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+
+
+def question_map(questions: list[Question]) -> dict[str, Question]:
+    return {q.id: q for q in questions}
