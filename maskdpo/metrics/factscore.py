@@ -83,7 +83,6 @@ Answer:"""
 NO_FACTS = "NO FACTS"
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+(.*\S)\s*$")
 _VERDICT = re.compile(r"\b(not\s+)?(true|false)\b", re.IGNORECASE)
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])|\n+")
 
 # Phrases that open a declining answer; matched (lower-cased) in the first two sentences.
 ABSTENTION_PHRASES = (
@@ -110,8 +109,10 @@ def length_penalty(n_facts: int, gamma: float = 10) -> float:
 
 
 def split_sentences(text: str) -> list[str]:
-    """Sentences for fact splitting: break after ``.!?`` before a capital/digit, and at newlines."""
-    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
+    """Sentences for fact splitting, by the project's ANAH-compatible English splitter."""
+    from ..sentences import split_sentences as spans_of
+
+    return [text[a:b] for a, b in spans_of(text, "en")]
 
 
 def is_abstention(response: str) -> bool:
