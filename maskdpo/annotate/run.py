@@ -1,0 +1,172 @@
+"""The annotation stage: samples + questions → annotation records (sentence spans and labels).
+
+Resumable and shardable like sampling: records are appended as each batch is
+judged, keyed by ``(question_id, sample_index)``; a restart with the same
+settings skips what is written; ``--shard K/N`` takes the K-th contiguous
+block of the samples, so the N outputs concatenated equal the unsharded one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ..jsonl import JsonlAppender, RecordError, load_jsonl
+from ..records import Annotation, Sample
+from ..sample import check_resumable, load_questions, parse_shard, select_items, settings_path
+from ..settings import knob, settings_dict, write_settings
+from .base import ANNOTATORS, Annotator
+
+IDENTITY_FIELDS = ("samples", "questions", "annotator", "backend", "model", "prompts", "unparseable",
+                   "max_new_tokens", "annotator_options")
+
+
+@dataclass
+class AnnotateSettings:
+    samples: Path = knob(None, "Samples JSONL (from `maskdpo sample`).")
+    questions: Path = knob(None, "Questions JSONL the samples answer (the judge needs each question's document).")
+    out: Path = knob(None, "Annotations JSONL to write (appended to and resumed if it exists).")
+    annotator: str = knob("anah-v2", "Annotator: anah-v2 (the ANAH-v2 judge on a backend), toyworld-oracle, "
+                                     "or another registered in maskdpo.annotate.base.ANNOTATORS.")
+    backend: str = knob("hf", "anah-v2: backend running the judge (lmdeploy, openai, hf).")
+    model: str = knob("opencompass/anah-v2", "anah-v2: the judge model (path or served name).")
+    prompts: Optional[Path] = knob(None, "anah-v2: a prompt file replacing the packaged templates "
+                                         "(format: docs/sampling.md).")
+    unparseable: str = knob("unverifiable", "anah-v2: label for an answer with no single tag of its turn "
+                                            "(ok, nofact, contradictory, unverifiable) or `error` to stop.")
+    max_new_tokens: int = knob(512, "anah-v2: maximum tokens of each judge answer.")
+    annotator_options: Optional[str] = knob(None, "JSON object of extra options for the annotator's constructor.")
+    batch_size: int = knob(64, "Samples per annotation batch (each judge turn is one backend call per batch).")
+    limit: Optional[int] = knob(None, "Use only the first LIMIT samples (for trials).")
+    shard: str = knob("0/1", "K/N: take the K-th (0-based) of N contiguous blocks of the samples.")
+    device: str = knob("auto", "hf backend: auto, cpu or cuda.")
+    tp: int = knob(1, "lmdeploy backend: GPUs for tensor parallelism.")
+    engine: str = knob("turbomind", "lmdeploy backend: turbomind or pytorch.")
+    base_url: Optional[str] = knob(None, "openai backend: server URL (default: $OPENAI_BASE_URL).")
+    api_key: Optional[str] = knob(None, "openai backend: API key (default: $OPENAI_API_KEY). Never written to disk.")
+    concurrency: int = knob(8, "openai backend: calls in flight.")
+
+
+@dataclass
+class AnnotateSummary:
+    out: str
+    samples: int  # samples in this shard
+    written: int
+    already_done: int
+    sentences: int
+    labels: dict[str, int] = field(default_factory=dict)
+    unparseable: int = 0
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        rate = self.sentences / self.seconds if self.seconds > 0 else 0.0
+        labels = ", ".join(f"{k} {v}" for k, v in sorted(self.labels.items())) or "none"
+        return (f"{self.out}: {self.written} samples annotated ({self.sentences} sentences, {rate:.2f} sentences/s), "
+                f"{self.already_done} already there; labels: {labels}; unparseable judge answers: {self.unparseable}")
+
+
+def annotator_class(name: str) -> type:
+    if name not in ANNOTATORS:
+        raise ValueError(f"unknown annotator {name!r}; choose one of {', '.join(sorted(ANNOTATORS))}")
+    module, cls = ANNOTATORS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_annotator(settings: AnnotateSettings) -> Annotator:
+    """``cls.from_settings(settings, **options)`` when the class has it, else ``cls(**options)``."""
+    cls = annotator_class(settings.annotator)
+    options = parse_options(settings.annotator_options)
+    if hasattr(cls, "from_settings"):
+        return cls.from_settings(settings, **options)
+    return cls(**options)
+
+
+def parse_options(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--annotator-options is not valid JSON ({exc.msg}): {text!r}") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"--annotator-options must be a JSON object, got {text!r}")
+    return options
+
+
+def load_samples(path: Path) -> list[Sample]:
+    samples, _ = load_jsonl(path, Sample.from_dict)
+    seen: dict[tuple[str, int], int] = {}
+    for line, s in enumerate(samples, start=1):
+        if s.key in seen:
+            raise RecordError(path, line, "sample_index", f"sample {s.key} repeats record {seen[s.key]}")
+        seen[s.key] = line
+    return samples
+
+
+def validate(settings: AnnotateSettings) -> None:
+    for name in ("samples", "questions", "out"):
+        if getattr(settings, name) in (None, ""):
+            raise ValueError(f"--{name} is required")
+    if settings.batch_size < 1 or settings.max_new_tokens < 1:
+        raise ValueError("--batch-size and --max-new-tokens must be >= 1")
+    parse_shard(settings.shard)
+    parse_options(settings.annotator_options)
+
+
+def run_annotation(settings: AnnotateSettings, annotator: Annotator | None = None) -> AnnotateSummary:
+    """Annotate the selected samples, appending to ``settings.out``."""
+    from tqdm import tqdm
+
+    validate(settings)
+    out = Path(settings.out)
+    questions = {q.id: q for q in load_questions(Path(settings.questions))}
+    samples = select_items(load_samples(Path(settings.samples)), settings.limit, settings.shard)
+    recorded = dataclasses.replace(settings, api_key=None)
+    check_resumable(settings_path(out), settings_dict(recorded), IDENTITY_FIELDS)
+
+    with JsonlAppender(out, key=lambda d: (str(d["question_id"]), int(d["sample_index"]))) as writer:
+        pending = [s for s in samples if s.key not in writer]
+        already = len(writer.done)
+        if not pending:
+            return AnnotateSummary(str(out), len(samples), 0, already, 0)
+        if annotator is None:
+            # Cheap checks before a judge model loads: a missing question or document fails now.
+            precheck = getattr(annotator_class(settings.annotator), "precheck", None)
+            if precheck is not None:
+                precheck(pending, questions)
+            annotator = build_annotator(settings)
+        write_settings(settings_path(out), recorded, annotator_name=annotator.name,
+                       annotator_id=getattr(annotator, "annotator_id", annotator.name))
+        start = time.perf_counter()
+        labels: Counter = Counter()
+        stats_before = Counter(getattr(annotator, "stats", {}))
+        written = sentences = 0
+        with tqdm(total=len(pending), unit="sample", desc="annotating", dynamic_ncols=True) as bar:
+            for b in range(0, len(pending), settings.batch_size):
+                batch = pending[b:b + settings.batch_size]
+                annotations = annotator.annotate(batch, questions)
+                if len(annotations) != len(batch):
+                    raise RuntimeError(f"annotator {annotator.name} returned {len(annotations)} annotations "
+                                       f"for {len(batch)} samples")
+                for s, ann in zip(batch, annotations):
+                    if ann.key != s.key:
+                        raise RuntimeError(f"annotator {annotator.name} returned {ann.key} in place of {s.key}")
+                    record = ann.to_dict()
+                    Annotation.from_dict(record)  # spans and labels valid before they are written
+                    writer.write(record)
+                    written += 1
+                    sentences += len(ann.sentences)
+                    labels.update(x.label for x in ann.sentences)
+                bar.update(len(batch))
+                bar.set_postfix(sentences_per_s=f"{sentences / max(time.perf_counter() - start, 1e-9):.1f}")
+        stats = Counter(getattr(annotator, "stats", {}))
+        unparseable = stats["unparseable"] - stats_before["unparseable"]
+    return AnnotateSummary(str(out), len(samples), written, already, sentences, dict(labels), unparseable,
+                           time.perf_counter() - start)
+

@@ -1,0 +1,28 @@
+"""``maskdpo annotate``: a thin shell over :func:`maskdpo.annotate.run.run_annotation`."""
+
+from __future__ import annotations
+
+import click
+
+from ..annotate.run import AnnotateSettings, run_annotation
+from ..settings import click_options, settings_from_options
+
+
+@click.command("annotate", context_settings={"max_content_width": 100})
+@click_options(AnnotateSettings)
+def annotate(**options: object) -> None:
+    """Split every sample's response into sentences and label each one.
+
+    With --annotator anah-v2 (default) the ANAH-v2 judge runs its three-turn
+    protocol per sentence (facts? → reference points → hallucination type),
+    greedily, each turn batched over all pending sentences. Labels: ok,
+    nofact, contradictory, unverifiable; an unparseable judge answer becomes
+    --unparseable (default unverifiable) and is counted in the summary.
+    Resumable and shardable like `maskdpo sample`.
+    """
+    settings = settings_from_options(AnnotateSettings, options)
+    try:
+        summary = run_annotation(settings)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(summary.line())

@@ -1,0 +1,229 @@
+"""The sampling stage: questions JSONL → samples JSONL, ``n`` responses per question.
+
+Seeds: question ``q`` gets ``derive_seed(seed, q.id)``; its response ``j``
+is sampled with ``derive_seed(question_seed, j)`` (recorded as
+``generation.seed``). Seeds therefore do not depend on file order, batching,
+sharding or resumption, and a resumed or sharded run reproduces the same
+samples.
+
+Output is written as it goes, keyed by ``(question_id, sample_index)``: a
+killed run restarted with the same settings continues where it stopped,
+neither losing nor repeating a sample (a question cut off mid-way is
+re-generated whole and only its missing samples are written). ``--shard K/N``
+gives process K (0-based) the K-th contiguous block of the questions, so the
+N outputs concatenated in order equal the unsharded output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from .backends.base import ChatBackend, Decoding, GenerationRequest, load_backend
+from .backends.prompting import derive_seed
+from .jsonl import JsonlAppender, RecordError, load_jsonl
+from .records import Question, Sample
+from .settings import knob, settings_dict, write_settings
+
+# Settings that change what a sample is; resuming into a file made with others is an error.
+IDENTITY_FIELDS = ("questions", "model", "backend", "n", "top_k", "top_p", "temperature", "max_new_tokens", "seed",
+                   "system_prompt", "greedy")
+
+
+@dataclass
+class SampleSettings:
+    questions: Path = knob(None, "Questions JSONL (fields id, question, topic, language, document).")
+    out: Path = knob(None, "Samples JSONL to write (appended to and resumed if it exists).")
+    model: str = knob(None, "Model path or served model name (the policy being aligned: sample on-policy).")
+    backend: str = knob("hf", "Generation backend: lmdeploy (in-process, GPU), openai (any OpenAI-compatible "
+                              "server, e.g. `lmdeploy serve api_server`), hf (transformers, CPU or GPU).")
+    n: int = knob(8, "Responses per question.")
+    top_k: int = knob(40, "Top-k (paper: 40).")
+    top_p: float = knob(1.0, "Top-p; keep 1.0 (paper). Always sent explicitly so model defaults cannot leak in.")
+    temperature: float = knob(0.8, "Sampling temperature (paper: 0.8).")
+    max_new_tokens: int = knob(512, "Maximum new tokens per response.")
+    greedy: bool = knob(False, "Greedy decoding instead of sampling (evaluation-style; n must be 1).")
+    seed: int = knob(0, "Base seed; per-sample seeds derive from it, the question id and the sample index.")
+    system_prompt: Optional[str] = knob(None, "Optional system message put before each question.")
+    limit: Optional[int] = knob(None, "Use only the first LIMIT questions (for trials).")
+    shard: str = knob("0/1", "K/N: take the K-th (0-based) of N contiguous blocks of the questions.")
+    batch_size: int = knob(16, "Questions per backend call (and per write).")
+    device: str = knob("auto", "hf backend: auto, cpu or cuda.")
+    tp: int = knob(1, "lmdeploy backend: GPUs for tensor parallelism.")
+    engine: str = knob("turbomind", "lmdeploy backend: turbomind or pytorch.")
+    base_url: Optional[str] = knob(None, "openai backend: server URL, e.g. http://127.0.0.1:23333/v1 "
+                                         "(default: $OPENAI_BASE_URL).")
+    api_key: Optional[str] = knob(None, "openai backend: API key (default: $OPENAI_API_KEY). Never written to disk.")
+    concurrency: int = knob(8, "openai backend: calls in flight.")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` → (K, N) with 0 <= K < N."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like K/N (e.g. 0/8), got {text!r}") from None
+    if n < 1 or not 0 <= k < n:
+        raise ValueError(f"--shard K/N needs 0 <= K < N, got {text!r}")
+    return k, n
+
+
+def shard_slice(count: int, k: int, n: int) -> range:
+    """The K-th of N contiguous blocks of ``range(count)``; sizes differ by at most one."""
+    return range(count * k // n, count * (k + 1) // n)
+
+
+def select_items(items: list, limit: int | None, shard: str) -> list:
+    """First ``limit`` items, then this shard's contiguous block."""
+    k, n = parse_shard(shard)
+    if limit is not None:
+        if limit < 0:
+            raise ValueError(f"--limit must be >= 0, got {limit}")
+        items = items[:limit]
+    return [items[i] for i in shard_slice(len(items), k, n)]
+
+
+def settings_path(out: Path) -> Path:
+    return out.with_name(out.name + ".settings.json")
+
+
+def check_resumable(path: Path, current: dict, fields: tuple[str, ...]) -> None:
+    """Refuse to append to an output made with different sample-defining settings."""
+    if not path.exists():
+        return
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return
+    changed = [f for f in fields if f in previous and str(previous[f]) != str(current.get(f))]
+    if changed:
+        detail = ", ".join(f"{f}: {previous[f]!r} → {current.get(f)!r}" for f in changed)
+        raise ValueError(f"{path}: the existing output was made with other settings ({detail}); "
+                         "use a new --out or the same settings to resume")
+
+
+def validate(settings: SampleSettings) -> None:
+    for name in ("questions", "out", "model"):
+        if getattr(settings, name) in (None, ""):
+            raise ValueError(f"--{name.replace('_', '-')} is required")
+    if settings.n < 1:
+        raise ValueError(f"--n must be >= 1, got {settings.n}")
+    if settings.greedy and settings.n != 1:
+        raise ValueError(f"--greedy gives identical responses: use --n 1 (got --n {settings.n})")
+    if not settings.greedy:
+        if settings.temperature <= 0:
+            raise ValueError(f"--temperature must be > 0 when sampling, got {settings.temperature}")
+        if not 0 < settings.top_p <= 1:
+            raise ValueError(f"--top-p must be in (0, 1], got {settings.top_p}")
+        if settings.top_k < 0:
+            raise ValueError(f"--top-k must be >= 0 (0 = off), got {settings.top_k}")
+    if settings.max_new_tokens < 1 or settings.batch_size < 1:
+        raise ValueError("--max-new-tokens and --batch-size must be >= 1")
+    parse_shard(settings.shard)
+
+
+def decoding_of(settings: SampleSettings) -> Decoding:
+    if settings.greedy:
+        return Decoding.greedy(settings.max_new_tokens)
+    return Decoding(do_sample=True, top_k=settings.top_k, top_p=settings.top_p, temperature=settings.temperature,
+                    max_new_tokens=settings.max_new_tokens)
+
+
+def backend_options(backend: str, settings: Any) -> dict:
+    """The options each backend takes from a stage's settings."""
+    if backend == "hf":
+        return {"device": settings.device, "batch_size": settings.batch_size}
+    if backend == "openai":
+        return {"base_url": settings.base_url, "api_key": settings.api_key, "concurrency": settings.concurrency}
+    if backend == "lmdeploy":
+        return {"tp": settings.tp, "engine": settings.engine}
+    return {}
+
+
+def load_questions(path: Path) -> list[Question]:
+    """Questions in file order; a repeated id is an error naming both lines."""
+    questions, _ = load_jsonl(path, Question.from_dict)
+    seen: dict[str, int] = {}
+    for line, q in enumerate(questions, start=1):
+        if q.id in seen:
+            raise RecordError(path, line, "id", f"question id {q.id!r} repeats record {seen[q.id]}")
+        seen[q.id] = line
+    return questions
+
+
+def prompt_messages(question: Question, system_prompt: str | None) -> list[dict]:
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return messages + [{"role": "user", "content": question.question}]
+
+
+def question_seed(base_seed: int, question_id: str) -> int:
+    return derive_seed(base_seed, question_id)
+
+
+@dataclass
+class SampleSummary:
+    out: str
+    questions: int  # questions in this shard
+    written: int  # samples written by this run
+    already_done: int  # samples found in the output and skipped
+    seconds: float
+
+    def line(self) -> str:
+        rate = self.written / self.seconds if self.seconds > 0 else 0.0
+        return (f"{self.out}: {self.written} samples written ({rate:.2f} samples/s), "
+                f"{self.already_done} already there, {self.questions} questions in this shard")
+
+
+def run_sampling(settings: SampleSettings, backend: ChatBackend | None = None) -> SampleSummary:
+    """Sample ``settings.n`` responses for each selected question, appending to ``settings.out``."""
+    from tqdm import tqdm
+
+    validate(settings)
+    out = Path(settings.out)
+    questions = select_items(load_questions(Path(settings.questions)), settings.limit, settings.shard)
+    recorded = dataclasses.replace(settings, api_key=None)  # never write a key to disk
+    check_resumable(settings_path(out), settings_dict(recorded), IDENTITY_FIELDS)
+    decoding = decoding_of(settings)
+
+    with JsonlAppender(out, key=lambda d: (str(d["question_id"]), int(d["sample_index"]))) as writer:
+        pending = [q for q in questions if any((q.id, j) not in writer for j in range(settings.n))]
+        already = len(writer.done)
+        todo = sum(1 for q in pending for j in range(settings.n) if (q.id, j) not in writer)
+        if not pending:
+            return SampleSummary(str(out), len(questions), 0, already, 0.0)
+        if backend is None:
+            backend = load_backend(settings.backend, settings.model, **backend_options(settings.backend, settings))
+        write_settings(settings_path(out), recorded, backend_name=backend.name, decoding=decoding.to_dict(),
+                       chat_template=getattr(backend, "chat_template_meta", None))
+        start = time.perf_counter()  # after loading: the rate is the generation rate
+        written = 0
+        with tqdm(total=todo, unit="sample", desc="sampling", dynamic_ncols=True) as bar:
+            for b in range(0, len(pending), settings.batch_size):
+                batch = pending[b:b + settings.batch_size]
+                seeds = [question_seed(settings.seed, q.id) for q in batch]
+                requests = [GenerationRequest(prompt_messages(q, settings.system_prompt), n=settings.n, seed=s)
+                            for q, s in zip(batch, seeds)]
+                responses = backend.generate(requests, decoding)
+                if len(responses) != len(batch) or any(len(r) != settings.n for r in responses):
+                    raise RuntimeError(f"backend {backend.name} returned {[len(r) for r in responses]} responses "
+                                       f"for {len(batch)} requests of n={settings.n}")
+                for q, req, texts in zip(batch, requests, responses):
+                    row_seeds = [None] * settings.n if settings.greedy else \
+                        [derive_seed(req.seed, j) for j in range(settings.n)]
+                    for j, text in enumerate(texts):
+                        if (q.id, j) in writer:
+                            continue  # written before an interruption
+                        sample = Sample(question_id=q.id, sample_index=j, messages=req.messages, response=text,
+                                        model=backend.model, backend=backend.name,
+                                        generation={**decoding.to_dict(), "seed": row_seeds[j],
+                                                    "question_seed": req.seed, "base_seed": settings.seed},
+                                        meta={"topic": q.topic, "language": q.language,
+                                              "chat_template": getattr(backend, "chat_template_meta", None)})
+                        writer.write(sample.to_dict())
+                        written += 1
+                        bar.update(1)
+    return SampleSummary(str(out), len(questions), written, already, time.perf_counter() - start)
