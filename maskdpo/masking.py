@@ -1,0 +1,304 @@
+"""Chat-template rendering and exact sentence-span → token mask alignment.
+
+For one side of a pair (chosen or rejected) we build what XTuner's preference
+dataset builds (``xtuner/dataset/preference_dataset.py``: ``chosen_ids``,
+``chosen_labels``, ...): the prompt and the response rendered with the
+tokenizer's chat template (``add_generation_prompt=False``, encoded with
+``add_special_tokens=False``), ``labels`` equal to the ids except ``-100``
+where the loss must not look. Labels are *not* shifted; the model shifts.
+
+Which tokens are ``-100``:
+
+- every prompt token, and a token that straddles the end of the prompt and the
+  start of the response (ChatML's ``"\\n "``) — it is partly prompt;
+- in the chosen response, tokens of ``hallucination`` sentences; in the
+  rejected response, tokens of ``no_hallucination`` sentences (``mask="both"``;
+  ``"chosen"``/``"rejected"`` mask one side only, ``"none"`` is vanilla DPO).
+
+How tokens are mapped to sentences (departure from the authors' code, which
+encodes each sentence alone and adds lengths, so masks drift at separators and
+silently fall back to no mask when lengths overrun): the whole rendered text is
+tokenized once with the tokenizer's offset mapping, and each token is judged by
+the characters it covers. Every character of the response content belongs to
+exactly one sentence:
+
+- (a) a sentence's own characters belong to it; a token that covers
+  characters of a kept and of a masked sentence is **masked**;
+- (b) whitespace (or any text no sentence covers) *between* two sentences
+  belongs to the **following** sentence — BPE vocabularies attach a leading
+  space to the next word (``" The"``), so the separator travels with the
+  sentence it introduces; text before the first sentence belongs to the first
+  sentence and text after the last sentence to the last one. What the template
+  adds after the content (the end-of-turn token, ``<|im_end|>\\n``,
+  ``<|eot_id|>``) is **always kept**: ending the answer is not a claim of any
+  sentence, and it is kept by vanilla DPO, XTuner and the authors alike;
+- (c) with ``max_length``, ids and labels are cut together to the first
+  ``max_length`` tokens and the sequence is flagged ``truncated`` (callers count
+  these); nothing is re-aligned or dropped silently.
+
+A sentence whose text does not match the response at its span, or (authors'
+format, no spans) cannot be found in the response, raises
+:class:`AlignmentError` naming the pair and the sentence — never a fallback to
+an unmasked pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from .labels import CORRECT, HALLUCINATED
+from .records import Pair, PairItem
+from .sentences import SentenceNotFound, locate_sentences
+
+IGNORE = -100
+MASK_MODES = ("both", "chosen", "rejected", "none")
+
+
+class AlignmentError(ValueError):
+    """A pair's sentences cannot be aligned to its text or tokens; names the pair and the sentence."""
+
+    def __init__(self, pair_id: str, message: str):
+        super().__init__(f"pair {pair_id!r}: {message}")
+        self.pair_id = pair_id
+
+
+@dataclass
+class MaskedSequence:
+    """One tokenized side of a pair.
+
+    ``labels[t]`` is ``input_ids[t]`` where the loss counts token ``t`` and -100
+    for prompt and masked tokens (unshifted; the model shifts).
+    ``prompt_tokens`` is the number of leading prompt tokens (after truncation).
+    """
+
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+    prompt_tokens: int = 0
+
+    @property
+    def kept(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE)
+
+
+@dataclass
+class MaskedPair:
+    id: str
+    chosen: MaskedSequence
+    rejected: MaskedSequence
+
+    @property
+    def truncated(self) -> bool:
+        return self.chosen.truncated or self.rejected.truncated
+
+    def to_xtuner(self) -> dict:
+        """The keys XTuner's preference dataset produces."""
+        return {"chosen_ids": self.chosen.input_ids, "chosen_labels": self.chosen.labels,
+                "rejected_ids": self.rejected.input_ids, "rejected_labels": self.rejected.labels}
+
+
+# ---------------------------------------------------------------- sentences → kept flags
+
+
+def check_mask_mode(mask: str) -> str:
+    if mask not in MASK_MODES:
+        raise ValueError(f"mask must be one of {', '.join(MASK_MODES)}, got {mask!r}")
+    return mask
+
+
+def keep_flags(item: PairItem, side: str, mask: str) -> list[bool]:
+    """Per sentence, whether its tokens count in the loss.
+
+    chosen: keep ``no_hallucination``; rejected: keep ``hallucination``; a side
+    the mode does not mask keeps everything.
+    """
+    if mask == "none" or (mask != "both" and mask != side):
+        return [True] * len(item.type)
+    wanted = CORRECT if side == "chosen" else HALLUCINATED
+    return [t == wanted for t in item.type]
+
+
+def item_spans(pair_id: str, side: str, response: str, item: PairItem) -> list[tuple[int, int]]:
+    """The item's spans, checked against the response, or located when absent (authors' format)."""
+    if item.spans is None:
+        try:
+            return locate_sentences(response, item.sents)
+        except SentenceNotFound as exc:
+            raise AlignmentError(pair_id, f"{side}_item.sents[{exc.index}]: {exc}") from None
+    previous_end = 0
+    for i, ((start, end), sent) in enumerate(zip(item.spans, item.sents)):
+        if not (previous_end <= start < end <= len(response)) or response[start:end] != sent:
+            raise AlignmentError(pair_id, f"{side}_item.sents[{i}] {sent[:60]!r} does not match the {side} "
+                                          f"response at span ({start}, {end}): {response[start:end][:60]!r}")
+        previous_end = end
+    return list(item.spans)
+
+
+# ---------------------------------------------------------------- rendering
+
+
+@dataclass
+class Rendered:
+    """A conversation rendered by the chat template; ``text[start:end]`` is the response content as rendered."""
+
+    text: str
+    start: int
+    end: int
+    shift: int  # characters the template stripped from the front of the content
+
+
+def render_prefix(tokenizer: Any, prompt: list[dict]) -> str:
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
+def render_response(tokenizer: Any, prompt: list[dict], prefix: str, response: str, pair_id: str) -> Rendered:
+    """Render prompt + assistant response and locate the content in the rendered text.
+
+    Templates that trim the content (Llama-3.1's ``| trim``) are handled: the
+    stripped content is located and spans are shifted by what was cut.
+    """
+    text = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}], tokenize=False,
+                                         add_generation_prompt=False)
+    search_from = len(prefix) if text.startswith(prefix) else 0
+    start = text.find(response, search_from)
+    if start >= 0:
+        return Rendered(text, start, start + len(response), 0)
+    stripped = response.strip()
+    start = text.find(stripped, search_from)
+    if start < 0 or not stripped:
+        raise AlignmentError(pair_id, "the chat template changed the response text; cannot locate it in the "
+                                      "rendered conversation")
+    return Rendered(text, start, start + len(stripped), response.index(stripped))
+
+
+# ---------------------------------------------------------------- the alignment itself
+
+
+def token_labels(input_ids: Sequence[int], offsets: Sequence[tuple[int, int]], response_start: int,
+                 response_end: int, sentence_ends: Sequence[int], keep: Sequence[bool]) -> tuple[list[int], int]:
+    """Labels for one rendered sequence, and the number of prompt tokens.
+
+    ``offsets[t] = (s, e)``: characters of token ``t`` in the rendered text.
+    ``sentence_ends[i]``: end of sentence ``i`` in the rendered text. Sentence
+    ``i`` owns the characters ``[end_{i-1}, end_i)`` of the content (the first
+    from ``response_start``, the last up to ``response_end``); characters past
+    ``response_end`` are template suffix (kept). A token is kept iff it starts
+    at or after ``response_start`` and no sentence it touches is masked:
+
+        owner(c)  = #{i < n-1 : end_i <= c}                 (searchsorted, right)
+        masked(t) = cum[owner(last char) + 1] − cum[owner(first char)] > 0
+    """
+    import numpy as np
+
+    ids = np.asarray(input_ids, dtype=np.int64)
+    off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    s, e = off[:, 0], np.maximum(off[:, 1], off[:, 0] + 1)  # an empty token is judged by its position
+    is_prompt = s < response_start
+    prompt_tokens = int(is_prompt.sum())
+    if len(keep) == 0 or all(keep):
+        labels = np.where(is_prompt, IGNORE, ids)
+        return labels.tolist(), prompt_tokens
+    bounds = np.asarray(sentence_ends[:-1], dtype=np.int64)
+    cum = np.concatenate(([0], np.cumsum(~np.asarray(keep, dtype=bool))))  # masked sentences before i
+    in_content = ~is_prompt & (s < response_end)
+    first = np.searchsorted(bounds, s, side="right")
+    last = np.searchsorted(bounds, np.minimum(e, response_end) - 1, side="right")
+    masked = in_content & ((cum[last + 1] - cum[first]) > 0)
+    labels = np.where(is_prompt | masked, IGNORE, ids)
+    return labels.tolist(), prompt_tokens
+
+
+def _side_inputs(pair: Pair, side: str, mask: str) -> tuple[str, list[tuple[int, int]], list[bool]]:
+    item: PairItem = getattr(pair, f"{side}_item")
+    response: str = getattr(pair, side)
+    if mask == "none":  # vanilla DPO: sentences play no part
+        return response, [], []
+    # Checked even on a side whose sentences are all kept: bad data is reported, not hidden.
+    spans = item_spans(pair.id, side, response, item)
+    if not spans:
+        raise AlignmentError(pair.id, f"{side}_item has no sentences")
+    return response, spans, keep_flags(item, side, mask)
+
+
+def _truncate(ids: list[int], labels: list[int], prompt_tokens: int, max_length: int | None) -> MaskedSequence:
+    if max_length is not None and len(ids) > max_length:
+        return MaskedSequence(ids[:max_length], labels[:max_length], True, min(prompt_tokens, max_length))
+    return MaskedSequence(ids, labels, False, prompt_tokens)
+
+
+def _require_fast(tokenizer: Any) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise TypeError(f"{type(tokenizer).__name__} is not a fast tokenizer: exact alignment needs the offset "
+                        f"mapping (load it with AutoTokenizer.from_pretrained(..., use_fast=True))")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template")
+
+
+def encode_pairs(tokenizer: Any, pairs: Iterable[Pair], *, max_length: int | None = None,
+                 mask: str = "both", batch_size: int = 256) -> list[MaskedPair]:
+    """:func:`encode_pair` for many pairs, tokenizing ``batch_size`` pairs per tokenizer call."""
+    check_mask_mode(mask)
+    _require_fast(tokenizer)
+    if max_length is not None and max_length <= 0:
+        raise ValueError(f"max_length must be positive, got {max_length}")
+    out: list[MaskedPair] = []
+    batch: list[Pair] = []
+    for pair in pairs:
+        batch.append(pair)
+        if len(batch) == batch_size:
+            out.extend(_encode_batch(tokenizer, batch, max_length, mask))
+            batch = []
+    if batch:
+        out.extend(_encode_batch(tokenizer, batch, max_length, mask))
+    return out
+
+
+def _encode_batch(tokenizer: Any, pairs: list[Pair], max_length: int | None, mask: str) -> list[MaskedPair]:
+    texts: list[str] = []
+    plans: list[tuple[Rendered, list[int], list[bool]]] = []
+    for pair in pairs:
+        prefix = render_prefix(tokenizer, pair.prompt)
+        for side in ("chosen", "rejected"):
+            response, spans, keep = _side_inputs(pair, side, mask)
+            rendered = render_response(tokenizer, pair.prompt, prefix, response, pair.id)
+            # Sentence ends in rendered-text coordinates (clipped to what the template kept).
+            ends = [min(max(rendered.start, rendered.start + end - rendered.shift), rendered.end) for _, end in spans]
+            texts.append(rendered.text)
+            plans.append((rendered, ends, keep))
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
+    sequences = []
+    for ids, offsets, (rendered, ends, keep) in zip(enc["input_ids"], enc["offset_mapping"], plans):
+        labels, prompt_tokens = token_labels(ids, offsets, rendered.start, rendered.end, ends, keep)
+        sequences.append(_truncate(list(ids), labels, prompt_tokens, max_length))
+    return [MaskedPair(pair.id, sequences[2 * i], sequences[2 * i + 1]) for i, pair in enumerate(pairs)]
+
+
+def encode_pair(tokenizer: Any, pair: Pair, *, max_length: int | None = None, mask: str = "both") -> MaskedPair:
+    """Tokenize a pair's chosen and rejected sides with Mask-DPO labels (see the module docstring)."""
+    return encode_pairs(tokenizer, [pair], max_length=max_length, mask=mask)[0]
+
+
+# ---------------------------------------------------------------- inspection
+
+
+def response_pieces(tokenizer: Any, seq: MaskedSequence) -> list[tuple[str, bool]]:
+    """The response tokens (after the prompt) as ``(decoded text, kept)`` runs, in order."""
+    runs: list[tuple[list[int], bool]] = []
+    for tid, label in zip(seq.input_ids[seq.prompt_tokens:], seq.labels[seq.prompt_tokens:]):
+        kept = label != IGNORE
+        if runs and runs[-1][1] == kept:
+            runs[-1][0].append(tid)
+        else:
+            runs.append(([tid], kept))
+    return [(tokenizer.decode(ids, skip_special_tokens=False), kept) for ids, kept in runs]
+
+
+def kept_and_masked_text(tokenizer: Any, seq: MaskedSequence) -> dict[str, str]:
+    """``kept_text``: the decoded kept response tokens in order; ``masked_text``: the masked ones."""
+    response_ids = seq.input_ids[seq.prompt_tokens:]
+    response_labels = seq.labels[seq.prompt_tokens:]
+    kept = [t for t, label in zip(response_ids, response_labels) if label != IGNORE]
+    masked = [t for t, label in zip(response_ids, response_labels) if label == IGNORE]
+    return {"kept_text": tokenizer.decode(kept, skip_special_tokens=False),
+            "masked_text": tokenizer.decode(masked, skip_special_tokens=False)}
