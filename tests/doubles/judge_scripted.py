@@ -13,6 +13,8 @@ per request, order kept) and answers the project's FactScore prompts by rule:
   ``support_overrides``.
 
 Every prompt it receives is recorded, so tests can count judge calls.
+``fail_after`` makes it raise once it has answered that many prompts, to
+simulate an evaluation killed mid-way.
 """
 
 from __future__ import annotations
@@ -36,8 +38,11 @@ class ScriptedJudgeDouble:
     support_overrides: dict[str, str] = field(default_factory=dict)
     prompts: list[str] = field(default_factory=list)
     batches: list[int] = field(default_factory=list)
+    fail_after: int | None = None
 
     def generate(self, requests: Sequence[GenerationRequest], decoding: Decoding) -> list[list[str]]:
+        if self.fail_after is not None and len(self.prompts) + len(requests) > self.fail_after:
+            raise RuntimeError(f"judge killed after {len(self.prompts)} prompts")
         self.batches.append(len(requests))
         out = []
         for request in requests:
