@@ -1,0 +1,143 @@
+"""Choosing a chosen and a rejected response per question from annotated samples.
+
+Per question (the paper's rule, §3.1):
+
+    score(sample) = #correct sentences / #sentences        (correct: LabelPolicy)
+    chosen   = the sample with the highest score
+    rejected = the sample with the lowest score
+
+Ties are broken by ``sample_index``: the chosen is the lowest-indexed of the
+best samples, the rejected the highest-indexed of the worst (so with equal
+scores the two are still different samples), and the same annotations always
+give the same pairs whatever their order in the file. A question is dropped, with the reason counted, when it has
+fewer than two scored samples, when the gap ``score(chosen) - score(rejected)``
+is not positive or is below ``min_gap``, when the chosen response has no
+correct sentence, or when the rejected one has no hallucinated sentence (with
+the default positive-gap rule the last two cannot happen; with ``min_gap=0``
+ties pass and they can). Samples with no sentences cannot be scored and are
+counted, not used.
+
+The output is the authors' pair format (``prompt``, ``chosen``, ``rejected``,
+``chosen_item``/``rejected_item`` = ``{sents, type}``) extended with exact
+spans, the judge's fine-grained labels, the scores and the sample indices.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+from .labels import LabelPolicy
+from .records import Annotation, Pair, PairItem
+from .settings import knob
+
+DROP_REASONS = ("fewer_than_two_samples", "gap_below_min", "chosen_has_no_correct_sentence",
+                "rejected_has_no_hallucinated_sentence")
+
+
+@dataclass
+class PairSettings:
+    min_gap: Optional[float] = knob(None, "Keep a question only when score(chosen) - score(rejected) is at least this "
+                                          "(scores are fractions of correct sentences, 0..1). Default: any positive gap; "
+                                          "0 also keeps ties.")
+    nofact_correct: bool = knob(True, "Count ANAH-v2 'nofact' sentences (no factual claim) as correct, as the ANAH "
+                                      "score does; --no-nofact-correct counts them as hallucinated.")
+
+    def __post_init__(self) -> None:
+        if self.min_gap is not None and not 0.0 <= self.min_gap <= 1.0:
+            raise ValueError(f"min_gap must be between 0 and 1, got {self.min_gap}")
+
+
+@dataclass
+class PairStats:
+    questions: int = 0
+    samples: int = 0
+    kept: int = 0
+    unscored_samples: int = 0  # samples with no sentences
+    dropped: Counter = field(default_factory=Counter)  # reason -> questions
+
+    def summary(self) -> str:
+        lines = [f"questions: {self.questions}  samples: {self.samples}  pairs kept: {self.kept}"]
+        if self.unscored_samples:
+            lines.append(f"samples without sentences (not scored): {self.unscored_samples}")
+        for reason in DROP_REASONS:
+            lines.append(f"dropped, {reason.replace('_', ' ')}: {self.dropped.get(reason, 0)}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"questions": self.questions, "samples": self.samples, "kept": self.kept,
+                "unscored_samples": self.unscored_samples,
+                "dropped": {reason: self.dropped.get(reason, 0) for reason in DROP_REASONS}}
+
+
+def score(annotation: Annotation, policy: LabelPolicy) -> float:
+    """Fraction of the sample's sentences that are correct under ``policy``."""
+    return sum(policy.is_correct(s.label) for s in annotation.sentences) / len(annotation.sentences)
+
+
+def pair_item(annotation: Annotation, policy: LabelPolicy) -> PairItem:
+    return PairItem(sents=[s.text for s in annotation.sentences],
+                    type=[policy.to_binary(s.label) for s in annotation.sentences],
+                    spans=[(s.start, s.end) for s in annotation.sentences],
+                    labels=[s.label for s in annotation.sentences])
+
+
+def pair_id(question_id: str, chosen_index: int, rejected_index: int) -> str:
+    return f"{question_id}:{chosen_index}-{rejected_index}"
+
+
+def choose(scored: list[tuple[float, Annotation]]) -> tuple[tuple[float, Annotation], tuple[float, Annotation]]:
+    """Best and worst sample: ties go to the lowest sample_index for the best, the highest for the worst."""
+    best = min(scored, key=lambda x: (-x[0], x[1].sample_index))
+    worst = min(scored, key=lambda x: (x[0], -x[1].sample_index))
+    return best, worst
+
+
+def build_pairs(annotations: Iterable[Annotation], settings: PairSettings) -> tuple[list[Pair], PairStats]:
+    """One pair per question where a useful pair exists; questions in order of first appearance."""
+    policy = LabelPolicy(nofact_correct=settings.nofact_correct)
+    stats = PairStats()
+    by_question: dict[str, list[Annotation]] = {}
+    seen: set[tuple[str, int]] = set()
+    for a in annotations:
+        if a.key in seen:
+            raise ValueError(f"question {a.question_id!r} sample {a.sample_index} is annotated twice")
+        seen.add(a.key)
+        by_question.setdefault(a.question_id, []).append(a)
+        stats.samples += 1
+    pairs = []
+    for qid, samples in by_question.items():
+        stats.questions += 1
+        scored = []
+        for a in samples:
+            if a.sentences:
+                scored.append((score(a, policy), a))
+            else:
+                stats.unscored_samples += 1
+        reason = None
+        if len(scored) < 2:
+            reason = "fewer_than_two_samples"
+        else:
+            (best_score, best), (worst_score, worst) = choose(scored)
+            gap = best_score - worst_score
+            if (settings.min_gap is None and gap <= 0) or (settings.min_gap is not None and gap < settings.min_gap) \
+                    or best is worst:
+                reason = "gap_below_min"
+            elif not any(policy.is_correct(s.label) for s in best.sentences):
+                reason = "chosen_has_no_correct_sentence"
+            elif all(policy.is_correct(s.label) for s in worst.sentences):
+                reason = "rejected_has_no_hallucinated_sentence"
+        if reason:
+            stats.dropped[reason] += 1
+            continue
+        if best.messages != worst.messages:
+            raise ValueError(f"question {qid!r}: samples {best.sample_index} and {worst.sample_index} have different "
+                             f"prompts (messages); a pair needs one prompt")
+        pairs.append(Pair(id=pair_id(qid, best.sample_index, worst.sample_index), prompt=best.messages,
+                          chosen=best.response, rejected=worst.response, chosen_item=pair_item(best, policy),
+                          rejected_item=pair_item(worst, policy), question_id=qid, chosen_score=best_score,
+                          rejected_score=worst_score, chosen_sample_index=best.sample_index,
+                          rejected_sample_index=worst.sample_index))
+        stats.kept += 1
+    return pairs, stats
