@@ -1,0 +1,136 @@
+"""The ``hf`` backend: n per prompt, reproducible seeds, and exactly the requested decoding."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from maskdpo.backends.base import Decoding, GenerationRequest, load_backend
+from maskdpo.backends.hf import DecodingMismatch, _sampler_class, check_processors, describe_processors
+from maskdpo.backends.prompting import derive_seed, replica_seeds, template_sha256
+
+torch.set_num_threads(1)
+
+ADA = [{"role": "user", "content": "Tell me about Ada Lovelace."}]
+EIFFEL = [{"role": "user", "content": "Where is the Eiffel Tower? Tell me more about it please."}]
+PAPER = Decoding(max_new_tokens=10)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_dir):
+    return load_backend("hf", str(tiny_llama_dir), device="cpu", batch_size=4)
+
+
+def test_n_responses_per_request_in_order(tiny):
+    out = tiny.generate([GenerationRequest(ADA, n=3, seed=1), GenerationRequest(EIFFEL, n=2, seed=2),
+                         GenerationRequest(ADA, n=1, seed=3)], PAPER)
+    assert [len(texts) for texts in out] == [3, 2, 1]
+    assert all(isinstance(t, str) for texts in out for t in texts)
+    assert len(set(out[0])) == 3  # replicas get distinct seeds, so distinct samples
+
+
+def test_seeds_reproduce_and_do_not_depend_on_batch_mates(tiny):
+    alone = tiny.generate([GenerationRequest(EIFFEL, n=3, seed=7)], PAPER)[0]
+    again = tiny.generate([GenerationRequest(EIFFEL, n=3, seed=7)], PAPER)[0]
+    with_mate = tiny.generate([GenerationRequest(ADA, n=3, seed=8), GenerationRequest(EIFFEL, n=3, seed=7)], PAPER)[1]
+    other_seed = tiny.generate([GenerationRequest(EIFFEL, n=3, seed=9)], PAPER)[0]
+    assert alone == again == with_mate
+    assert alone != other_seed
+
+
+def test_global_rng_does_not_change_seeded_samples(tiny):
+    torch.manual_seed(0)
+    a = tiny.generate([GenerationRequest(ADA, n=2, seed=5)], PAPER)
+    torch.manual_seed(12345)
+    b = tiny.generate([GenerationRequest(ADA, n=2, seed=5)], PAPER)
+    assert a == b
+
+
+def test_processors_are_exactly_the_paper_decoding(tiny):
+    tiny.generate([GenerationRequest(ADA, n=2, seed=1)], PAPER)
+    built = describe_processors(tiny.last_processors)
+    assert built == [("TemperatureLogitsWarper", {"temperature": 0.8}), ("TopKLogitsWarper", {"top_k": 40})]
+    assert not any(name == "TopPLogitsWarper" for name, _ in built)
+
+
+def test_generation_config_json_defaults_do_not_leak(tiny_llama_dir, tmp_path):
+    leaky = tmp_path / "leaky"
+    shutil.copytree(tiny_llama_dir, leaky)
+    config = json.loads((leaky / "generation_config.json").read_text())
+    config.update(do_sample=True, top_p=0.9, temperature=0.6, top_k=5, repetition_penalty=1.3, min_p=0.1)
+    (leaky / "generation_config.json").write_text(json.dumps(config))
+    backend = load_backend("hf", str(leaky), device="cpu")
+    backend.generate([GenerationRequest(ADA, n=1, seed=1)], PAPER)
+    assert describe_processors(backend.last_processors) == [
+        ("TemperatureLogitsWarper", {"temperature": 0.8}), ("TopKLogitsWarper", {"top_k": 40})]
+    backend.generate([GenerationRequest(ADA, n=1)], Decoding.greedy(4))
+    assert describe_processors(backend.last_processors) == []
+
+
+def test_requested_top_p_is_applied(tiny):
+    tiny.generate([GenerationRequest(ADA, n=1, seed=1)], Decoding(top_p=0.5, max_new_tokens=4))
+    assert ("TopPLogitsWarper", {"top_p": 0.5}) in describe_processors(tiny.last_processors)
+
+
+def test_check_processors_rejects_a_leaked_top_p():
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    ok = [TemperatureLogitsWarper(0.8), TopKLogitsWarper(40)]
+    check_processors(ok, PAPER)
+    with pytest.raises(DecodingMismatch, match="TopPLogitsWarper"):
+        check_processors(ok + [TopPLogitsWarper(0.9)], PAPER)
+    with pytest.raises(DecodingMismatch):
+        check_processors([TemperatureLogitsWarper(0.6), TopKLogitsWarper(40)], PAPER)
+
+
+def test_greedy_gives_n_identical_answers_without_warpers(tiny):
+    out = tiny.generate([GenerationRequest(EIFFEL, n=2)], Decoding.greedy(6))[0]
+    assert out[0] == out[1]
+    assert describe_processors(tiny.last_processors) == []
+
+
+def test_sampling_without_a_seed_is_refused(tiny):
+    with pytest.raises(ValueError, match="seed"):
+        tiny.generate([GenerationRequest(ADA, n=1)], PAPER)
+
+
+def test_seeded_row_sampler_draws_from_the_softmax():
+    """Gumbel-max per row: empirical frequencies over many seeds match softmax(scores)."""
+    scores = torch.tensor([2.0, 1.0, 0.0, float("-inf")])
+    rows = 4000
+    sampler = _sampler_class()([derive_seed("row", i) for i in range(rows)])
+    out = sampler(None, scores.expand(rows, 4).clone())
+    chosen = out.argmax(dim=-1)
+    assert torch.all(out.max(dim=-1).values == 0) and torch.isinf(out).sum() == rows * 3  # one-hot in log space
+    freq = torch.bincount(chosen, minlength=4).float() / rows
+    expected = torch.softmax(scores, dim=-1)
+    assert freq[3] == 0  # a filtered token is never drawn
+    assert torch.allclose(freq, expected, atol=0.03), (freq, expected)
+
+
+def test_replica_seeds_are_stable_and_distinct():
+    seeds = replica_seeds(123, 8)
+    assert seeds == replica_seeds(123, 8) and len(set(seeds)) == 8
+    assert derive_seed(0, "q1") == derive_seed(0, "q1") != derive_seed(0, "q2")
+    assert replica_seeds(None, 2) == [None, None]
+
+
+def test_chat_template_is_the_tokenizers(tiny):
+    assert tiny.chat_template_meta == {"source": "tokenizer.chat_template",
+                                       "sha256": template_sha256(tiny.tokenizer.chat_template)}
+
+
+def test_smollm2_samples_reproducibly_with_the_paper_decoding(smollm2_model_dir):
+    backend = load_backend("hf", str(smollm2_model_dir), device="cpu", batch_size=2)
+    requests = [GenerationRequest([{"role": "user", "content": "Who was Marie Curie?"}], n=2, seed=11),
+                GenerationRequest([{"role": "user", "content": "Name a city in France."}], n=2, seed=12)]
+    decoding = Decoding(max_new_tokens=8)
+    first = backend.generate(requests, decoding)
+    assert describe_processors(backend.last_processors) == [
+        ("TemperatureLogitsWarper", {"temperature": 0.8}), ("TopKLogitsWarper", {"top_k": 40})]
+    second = backend.generate(requests[1:], decoding)
+    assert [len(t) for t in first] == [2, 2] and all(t.strip() for texts in first for t in texts)
+    assert second[0] == first[1]
+    assert backend.chat_template_meta["sha256"] == template_sha256(backend.tokenizer.chat_template)
+    assert "<|im_start|>" in backend.tokenizer.chat_template  # SmolLM2's ChatML, not the tiny model's template
