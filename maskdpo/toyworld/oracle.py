@@ -1,0 +1,78 @@
+"""The exact annotator of the toy world: labels every sentence against the knowledge base.
+
+It plays the ANAH-v2 judge's role and writes the same records (sentences and
+spans from :func:`maskdpo.sentences.split_sentences`, one label each), so every
+later stage runs unchanged. Like the judge, it checks a sentence against the
+question's reference, i.e. the person the question asks about:
+
+- a fact-free sentence (an opener or a hedge from the world's list) → ``nofact``;
+- a fact about the question's person that the KB has → ``ok`` when it matches,
+  ``contradictory`` when it does not;
+- a fact the reference does not cover (an attribute the person lacks, another
+  person, a name not in the world) → ``unverifiable``;
+- a sentence the oracle cannot parse (garbled model output) → ``unverifiable``
+  with ``raw`` = ``"unparsed"``: counted as hallucinated, so a policy cannot
+  gain by producing text nobody can check.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+from ..records import Annotation, Question, Sample, Sentence
+from .world import NOFACT_SENTENCES, TEMPLATES, World
+
+_PATTERNS = {attr: re.compile("^" + re.escape(tpl).replace(re.escape("{name}"), r"(?P<name>.+?)")
+                              .replace(re.escape("{value}"), r"(?P<value>.+?)") + "$")
+             for attr, tpl in TEMPLATES.items()}
+
+
+def judge_sentence(world: World, person_id: str, sentence: str) -> tuple[str, str]:
+    """``(label, raw)`` for one sentence of an answer about ``person_id``."""
+    text = sentence.strip()
+    if text in NOFACT_SENTENCES:
+        return "nofact", "nofact"
+    for attr, pattern in _PATTERNS.items():
+        m = pattern.match(text)
+        if not m:
+            continue
+        name, value = m.group("name"), m.group("value")
+        subject = world.person(person_id)
+        if name != subject.name:
+            return "unverifiable", f"{attr}: about {name!r}, not the question's person"
+        right = subject.attributes.get(attr)
+        if right is None:
+            return "unverifiable", f"{attr}: not in the knowledge base"
+        if value == right:
+            return "ok", f"{attr}={value}"
+        return "contradictory", f"{attr}={value}, knowledge base: {right}"
+    return "unverifiable", "unparsed"
+
+
+class OracleAnnotator:
+    """``Annotator`` over a toy world: ``load_annotator("toyworld-oracle", world="world.json")``."""
+
+    name = "toyworld-oracle"
+
+    def __init__(self, world: str | os.PathLike | World):
+        self.world = world if isinstance(world, World) else World.load(Path(world))
+
+    def annotate(self, samples: Sequence[Sample], questions: dict[str, Question]) -> list[Annotation]:
+        from ..sentences import split_sentences
+
+        out = []
+        for sample in samples:
+            try:
+                person = self.world.person_for_question(sample.question_id).id
+            except KeyError:
+                raise ValueError(f"sample {sample.key}: question {sample.question_id!r} is not in this toy world") from None
+            sentences = []
+            for start, end in split_sentences(sample.response, language="en"):
+                text = sample.response[start:end]
+                label, raw = judge_sentence(self.world, person, text)
+                sentences.append(Sentence(text=text, start=start, end=end, label=label, raw=raw))
+            out.append(Annotation.from_sample(sample, sentences, annotator=self.name))
+        return out

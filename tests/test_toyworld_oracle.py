@@ -1,0 +1,73 @@
+import pytest
+
+from maskdpo.annotate.base import load_annotator
+from maskdpo.annotate.run import AnnotateSettings, run_annotation
+from maskdpo.jsonl import load_jsonl, write_jsonl
+from maskdpo.records import Annotation, Sample
+from maskdpo.toyworld.oracle import OracleAnnotator, judge_sentence
+from maskdpo.toyworld.world import INSTRUMENTS, WorldSettings, generate_world, wrong_value
+
+
+@pytest.fixture(scope="module")
+def world():
+    return generate_world(WorldSettings(seed=5, families=4, people_per_family=4, test_per_family=1))
+
+
+def _person_with_and_without_instrument(world):
+    with_ = next(p for p in world.people if "instrument" in p.attributes)
+    without = next(p for p in world.people if "instrument" not in p.attributes)
+    return with_, without
+
+
+def _sample(question_id: str, response: str, index: int = 0) -> Sample:
+    return Sample(question_id=question_id, sample_index=index, messages=[{"role": "user", "content": "q"}],
+                  response=response, model="hand-written", backend="none", generation={})
+
+
+def test_each_label_on_a_hand_written_response(world):
+    person, without = _person_with_and_without_instrument(world)
+    a = person.attributes
+    wrong_city = wrong_value(__import__("random").Random(0), "city", a["city"])
+    other_instrument = next(i for i in INSTRUMENTS if i != a["instrument"])
+    response = (f"Good question. {person.name} was born in {a['born']}. {person.name} lived in {wrong_city}. "
+                f"{person.name} worked as a {a['profession']}. {person.name} played the {other_instrument}. "
+                f"{without.name} lived in {without.attributes['city']}. The moon is made of cheese. I hope this helps.")
+    qid = f"tw-{person.id}-q0"
+    [ann] = OracleAnnotator(world).annotate([_sample(qid, response)], {q.id: q for q in world.questions})
+    assert [s.label for s in ann.sentences] == ["nofact", "ok", "contradictory", "ok", "contradictory",
+                                                "unverifiable", "unverifiable", "nofact"]
+    assert [ann.response[s.start:s.end] for s in ann.sentences] == [s.text for s in ann.sentences]
+    assert ann.sentences[1].text == f"{person.name} was born in {a['born']}."
+    assert ann.sentences[6].raw == "unparsed"
+    assert ann.annotator == "toyworld-oracle"
+    Annotation.from_dict(ann.to_dict())  # valid records
+
+
+def test_a_fact_the_knowledge_base_lacks_is_unverifiable(world):
+    _, without = _person_with_and_without_instrument(world)
+    label, raw = judge_sentence(world, without.id, f"{without.name} played the {INSTRUMENTS[0]}.")
+    assert label == "unverifiable" and "not in the knowledge base" in raw
+    assert judge_sentence(world, without.id, f"Nobody Atall lived in {without.attributes['city']}.")[0] == "unverifiable"
+
+
+def test_oracle_runs_through_the_annotation_stage_from_a_world_file(world, tmp_path):
+    path = world.save(tmp_path / "world.json")
+    questions = world.questions[:2]
+    write_jsonl(tmp_path / "questions.jsonl", [q.to_dict() for q in questions])
+    samples = [_sample(q.id, q.document + " Good question.", i) for i, q in enumerate(questions)]
+    write_jsonl(tmp_path / "samples.jsonl", [s.to_dict() for s in samples])
+    settings = AnnotateSettings(samples=tmp_path / "samples.jsonl", questions=tmp_path / "questions.jsonl",
+                                out=tmp_path / "annotations.jsonl", annotator="toyworld-oracle",
+                                annotator_options=f'{{"world": "{path}"}}')
+    summary = run_annotation(settings)
+    assert summary.written == 2
+    annotations, _ = load_jsonl(tmp_path / "annotations.jsonl", Annotation.from_dict)
+    for q, ann in zip(questions, annotations):
+        person = world.person_for_question(q.id)
+        assert [s.label for s in ann.sentences] == ["ok"] * len(person.attributes) + ["nofact"]
+    assert isinstance(load_annotator("toyworld-oracle", world=str(path)), OracleAnnotator)
+
+
+def test_a_question_outside_the_world_is_an_error(world):
+    with pytest.raises(ValueError, match="not in this toy world"):
+        OracleAnnotator(world).annotate([_sample("anah-17", "Hello.")], {})
