@@ -250,7 +250,7 @@ class AnahV2Annotator:
         pending = [c for c in convs if c.label is None and len(c.answers) == turn_index]
         if not pending:
             return
-        answers = self.backend.generate([GenerationRequest(c.messages, n=1) for c in pending], self.decoding)
+        answers = self.backend.generate([GenerationRequest(list(c.messages), n=1) for c in pending], self.decoding)
         self.stats["judge_calls"] += 1
         self.stats["judge_prompts"] += len(pending)
         for c, texts in zip(pending, answers):
