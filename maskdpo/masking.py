@@ -148,18 +148,39 @@ class Rendered:
     shift: int  # characters the template stripped from the front of the content
 
 
+_PROBE = "\x00maskdpo-probe\x00"
+
+
+def template_suffix(tokenizer: Any) -> str | None:
+    """What the chat template writes after an assistant message's content (``"<|im_end|>\n"`` for ChatML).
+
+    Found by rendering a probe; None when the template does not put the content
+    verbatim in one place (then responses are located after the rendered prompt).
+    """
+    probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _PROBE}]
+    text = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=False)
+    return text[text.index(_PROBE) + len(_PROBE):] if text.count(_PROBE) == 1 else None
+
+
 def render_prefix(tokenizer: Any, prompt: list[dict]) -> str:
     return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
 
-def render_response(tokenizer: Any, prompt: list[dict], prefix: str, response: str, pair_id: str) -> Rendered:
-    """Render prompt + assistant response and locate the content in the rendered text.
+def locate_response(tokenizer: Any, prompt: list[dict], text: str, response: str, pair_id: str,
+                    suffix: str | None) -> Rendered:
+    """Find the response content in the rendered conversation ``text``.
 
-    Templates that trim the content (Llama-3.1's ``| trim``) are handled: the
-    stripped content is located and spans are shifted by what was cut.
+    Fast path: the content sits right before the template's constant ``suffix``
+    (:func:`template_suffix`).
+    Otherwise it is searched after the rendered prompt; a template that trims
+    the content (Llama-3.1's ``| trim``) is handled by locating the stripped
+    content and shifting spans by what was cut.
     """
-    text = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}], tokenize=False,
-                                         add_generation_prompt=False)
+    if suffix is not None and text.endswith(suffix):
+        start = len(text) - len(suffix) - len(response)
+        if start >= 0 and text.startswith(response, start):
+            return Rendered(text, start, start + len(response), 0)
+    prefix = render_prefix(tokenizer, prompt)
     search_from = len(prefix) if text.startswith(prefix) else 0
     start = text.find(response, search_from)
     if start >= 0:
@@ -172,6 +193,13 @@ def render_response(tokenizer: Any, prompt: list[dict], prefix: str, response: s
     return Rendered(text, start, start + len(stripped), response.index(stripped))
 
 
+def render_response(tokenizer: Any, prompt: list[dict], response: str, pair_id: str) -> Rendered:
+    """Render prompt + assistant response (as XTuner does) and locate the content in it."""
+    text = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}], tokenize=False,
+                                         add_generation_prompt=False)
+    return locate_response(tokenizer, prompt, text, response, pair_id, template_suffix(tokenizer))
+
+
 # ---------------------------------------------------------------- the alignment itself
 
 
@@ -179,34 +207,44 @@ def token_labels(input_ids: Sequence[int], offsets: Sequence[tuple[int, int]], r
                  response_end: int, sentence_ends: Sequence[int], keep: Sequence[bool]) -> tuple[list[int], int]:
     """Labels for one rendered sequence, and the number of prompt tokens.
 
-    ``offsets[t] = (s, e)``: characters of token ``t`` in the rendered text.
-    ``sentence_ends[i]``: end of sentence ``i`` in the rendered text. Sentence
-    ``i`` owns the characters ``[end_{i-1}, end_i)`` of the content (the first
-    from ``response_start``, the last up to ``response_end``); characters past
-    ``response_end`` are template suffix (kept). A token is kept iff it starts
-    at or after ``response_start`` and no sentence it touches is masked:
+    ``offsets[t] = (s_t, e_t)``: characters of token ``t`` in the rendered text
+    (an empty token counts as covering ``[s_t, s_t + 1)``). ``sentence_ends[i]``:
+    end of sentence ``i`` in the rendered text. Sentence ``i`` owns the content
+    characters ``[end_{i-1}, end_i)`` (the first from ``response_start``, the
+    last up to ``response_end``); characters past ``response_end`` are template
+    suffix (kept). With offsets monotone, a character range maps to a token range:
 
-        owner(c)  = #{i < n-1 : end_i <= c}                 (searchsorted, right)
-        masked(t) = cum[owner(last char) + 1] − cum[owner(first char)] > 0
+        prompt tokens        = #{t : s_t < response_start}
+        tokens touching [a, b) = { t : e_t > a and s_t < b }      (bisect on e, s)
+        labels[t] = -100 if t is a prompt token or touches a masked sentence's range, else input_ids[t]
     """
-    import numpy as np
+    from bisect import bisect_left, bisect_right
 
-    ids = np.asarray(input_ids, dtype=np.int64)
-    off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-    s, e = off[:, 0], np.maximum(off[:, 1], off[:, 0] + 1)  # an empty token is judged by its position
-    is_prompt = s < response_start
-    prompt_tokens = int(is_prompt.sum())
-    if len(keep) == 0 or all(keep):
-        labels = np.where(is_prompt, IGNORE, ids)
-        return labels.tolist(), prompt_tokens
-    bounds = np.asarray(sentence_ends[:-1], dtype=np.int64)
-    cum = np.concatenate(([0], np.cumsum(~np.asarray(keep, dtype=bool))))  # masked sentences before i
-    in_content = ~is_prompt & (s < response_end)
-    first = np.searchsorted(bounds, s, side="right")
-    last = np.searchsorted(bounds, np.minimum(e, response_end) - 1, side="right")
-    masked = in_content & ((cum[last + 1] - cum[first]) > 0)
-    labels = np.where(is_prompt | masked, IGNORE, ids)
-    return labels.tolist(), prompt_tokens
+    starts = [s for s, _ in offsets]
+    ends = [e if e > s else s + 1 for s, e in offsets]
+    if any(a > b for a, b in zip(starts, starts[1:])):
+        raise ValueError("token offsets are not monotone; this tokenizer cannot be aligned by offsets")
+    labels = list(input_ids)
+    prompt_tokens = bisect_left(starts, response_start)
+    labels[:prompt_tokens] = [IGNORE] * prompt_tokens
+    n = len(keep)
+    i = 0
+    while i < n:
+        if keep[i]:
+            i += 1
+            continue
+        j = i
+        while j + 1 < n and not keep[j + 1]:  # one range for a run of masked sentences
+            j += 1
+        a = response_start if i == 0 else sentence_ends[i - 1]
+        b = response_end if j == n - 1 else sentence_ends[j]
+        if b > a:
+            first = max(bisect_right(ends, a), prompt_tokens)
+            last = bisect_left(starts, b)  # one past the last token starting before b
+            if last > first:
+                labels[first:last] = [IGNORE] * (last - first)
+        i = j + 1
+    return labels, prompt_tokens
 
 
 def _side_inputs(pair: Pair, side: str, mask: str) -> tuple[str, list[tuple[int, int]], list[bool]]:
@@ -237,7 +275,7 @@ def _require_fast(tokenizer: Any) -> None:
 
 def encode_pairs(tokenizer: Any, pairs: Iterable[Pair], *, max_length: int | None = None,
                  mask: str = "both", batch_size: int = 256) -> list[MaskedPair]:
-    """:func:`encode_pair` for many pairs, tokenizing ``batch_size`` pairs per tokenizer call."""
+    """:func:`encode_pair` for many pairs: one template call and one tokenizer call per ``batch_size`` pairs."""
     check_mask_mode(mask)
     _require_fast(tokenizer)
     if max_length is not None and max_length <= 0:
@@ -255,17 +293,20 @@ def encode_pairs(tokenizer: Any, pairs: Iterable[Pair], *, max_length: int | Non
 
 
 def _encode_batch(tokenizer: Any, pairs: list[Pair], max_length: int | None, mask: str) -> list[MaskedPair]:
-    texts: list[str] = []
-    plans: list[tuple[Rendered, list[int], list[bool]]] = []
+    sides = []  # (pair, response, spans, keep), chosen then rejected for each pair
     for pair in pairs:
-        prefix = render_prefix(tokenizer, pair.prompt)
         for side in ("chosen", "rejected"):
-            response, spans, keep = _side_inputs(pair, side, mask)
-            rendered = render_response(tokenizer, pair.prompt, prefix, response, pair.id)
-            # Sentence ends in rendered-text coordinates (clipped to what the template kept).
-            ends = [min(max(rendered.start, rendered.start + end - rendered.shift), rendered.end) for _, end in spans]
-            texts.append(rendered.text)
-            plans.append((rendered, ends, keep))
+            sides.append((pair, *_side_inputs(pair, side, mask)))
+    # Rendered exactly as XTuner's preference dataset renders (add_generation_prompt=False), in one batched call.
+    texts = tokenizer.apply_chat_template([p.prompt + [{"role": "assistant", "content": r}] for p, r, _, _ in sides],
+                                          tokenize=False, add_generation_prompt=False)
+    suffix = template_suffix(tokenizer)
+    plans: list[tuple[Rendered, list[int], list[bool]]] = []
+    for text, (pair, response, spans, keep) in zip(texts, sides):
+        rendered = locate_response(tokenizer, pair.prompt, text, response, pair.id, suffix)
+        # Sentence ends in rendered-text coordinates (clipped to what the template kept).
+        ends = [min(max(rendered.start, rendered.start + end - rendered.shift), rendered.end) for _, end in spans]
+        plans.append((rendered, ends, keep))
     enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
     sequences = []
     for ids, offsets, (rendered, ends, keep) in zip(enc["input_ids"], enc["offset_mapping"], plans):

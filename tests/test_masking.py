@@ -5,7 +5,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from maskdpo.masking import (IGNORE, AlignmentError, MaskedSequence, encode_pair, encode_pairs,
-                             kept_and_masked_text, render_prefix, render_response, token_labels)
+                             kept_and_masked_text, render_response, token_labels)
 from maskdpo.records import Pair, PairItem
 
 PROMPT = [{"role": "user", "content": "Tell me about Ada Lovelace."}]
@@ -41,8 +41,7 @@ def expected_side(tokenizer, pair, side, mask):
     """A plain per-character reference for the documented rules, independent of the vectorised code."""
     item = getattr(pair, f"{side}_item")
     response = getattr(pair, side)
-    prefix = render_prefix(tokenizer, pair.prompt)
-    r = render_response(tokenizer, pair.prompt, prefix, response, pair.id)
+    r = render_response(tokenizer, pair.prompt, response, pair.id)
     enc = tokenizer(r.text, add_special_tokens=False, return_offsets_mapping=True)
     if mask == "none" or (mask in ("chosen", "rejected") and mask != side):
         keep = [True] * len(item.sents)
