@@ -92,5 +92,6 @@ def masks(pairs_path: Path, tokenizer: str, max_length: int | None, mask: str, a
                                    bold=True))
             click.echo(styled(tok, seq, colour))
     truncated = sum(mp.truncated for mp in encoded)
-    click.echo(f"{len(encoded)} pairs, {truncated} truncated" + (f", {len(stats.skipped)} invalid lines skipped"
-                                                                 if stats.skipped else ""), err=True)
+    click.echo(f"{len(encoded)} pairs, {truncated} truncated", err=True)
+    if stats.skipped:
+        click.echo(stats.summary(pairs_path), err=True)
