@@ -104,6 +104,27 @@ def naive_side(tokenizer, prompt, response, item, side) -> tuple[list[int], bool
     return masked, False
 
 
+def wrong_sentence_tokens(tokenizer, pair, side: str, labels: list[int]) -> int:
+    """Tokens lying wholly inside one sentence whose kept/masked state contradicts that sentence's label.
+
+    Independent of how separators are assigned, so it counts real mis-masking.
+    """
+    from maskdpo.masking import keep_flags, render_response
+
+    item = getattr(pair, f"{side}_item")
+    rendered = render_response(tokenizer, pair.prompt, getattr(pair, side), pair.id)
+    offsets = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    spans = [(rendered.start + a, rendered.start + b) for a, b in item.spans]
+    keep = keep_flags(item, side, "both")
+    wrong, i = 0, 0
+    for t, (s, e) in enumerate(offsets):
+        while i < len(spans) and spans[i][1] <= s:
+            i += 1
+        if i < len(spans) and spans[i][0] <= s and e <= spans[i][1] and (labels[t] != -100) != keep[i]:
+            wrong += 1
+    return wrong
+
+
 @click.command()
 @click.option("--pairs", "count", type=int, default=8000, show_default=True, help="Synthetic pairs to build.")
 @click.option("--tokenizer", default=None, help="Tokenizer folder (default: SmolLM2-135M-Instruct's, from the "
@@ -144,6 +165,11 @@ def bench(count: int, tokenizer: str | None, batch_size: int) -> None:
 
     disagree = sum((c != e.chosen.labels) or (r != e.rejected.labels) for (c, r), e in zip(naive, exact))
     tokens = sum(len(e.chosen.input_ids) + len(e.rejected.input_ids) for e in exact)
+    wrong_naive = wrong_exact = 0
+    for p, (c, r), e in zip(pairs, naive, exact):
+        wrong_naive += bool(wrong_sentence_tokens(tok, p, "chosen", c) + wrong_sentence_tokens(tok, p, "rejected", r))
+        wrong_exact += bool(wrong_sentence_tokens(tok, p, "chosen", e.chosen.labels)
+                            + wrong_sentence_tokens(tok, p, "rejected", e.rejected.labels))
     # CPU time of this (single-threaded) process is the one-core cost even on a shared machine;
     # wall time is printed beside it.
     click.echo(f"exact (offset mapping):  cpu {t_exact:7.2f} s  {count / t_exact:8.1f} pairs/cpu-s  "
@@ -153,6 +179,8 @@ def bench(count: int, tokenizer: str | None, batch_size: int) -> None:
     click.echo(f"speed ratio exact/naive: {t_naive / t_exact:.2f}x (cpu), {w_naive / w_exact:.2f}x (wall)")
     click.echo(f"naive masks that differ from the exact ones: {disagree}/{count} ({100 * disagree / count:.1f}%), "
                f"of which fell back to no mask: {fallbacks}")
+    click.echo(f"pairs with a token inside a sentence masked against its label: naive {wrong_naive}/{count} "
+               f"({100 * wrong_naive / count:.1f}%), exact {wrong_exact}/{count}")
 
 
 if __name__ == "__main__":
