@@ -133,7 +133,8 @@ def test_modes(tokenizer):
 
 def test_no_mask_matches_xtuner_preference_dataset(tokenizer):
     """With mask="none" we produce exactly what XTuner's own DPO tokenization produces."""
-    from xtuner.dataset.preference_dataset import tokenize
+    tokenize = pytest.importorskip("xtuner.dataset.preference_dataset",
+                                   reason="XTuner is installed in the training environment only").tokenize
 
     pair = make_pair([("", "Ada was born in 1815.", C), (" ", "She liked maths.", C)],
                      [("", "Ada was born in 1915.", H), ("\n\n", "She hated maths.", H)])
