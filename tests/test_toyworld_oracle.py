@@ -29,15 +29,15 @@ def test_each_label_on_a_hand_written_response(world):
     a = person.attributes
     wrong_city = wrong_value(__import__("random").Random(0), "city", a["city"])
     other_instrument = next(i for i in INSTRUMENTS if i != a["instrument"])
-    response = (f"Good question. {person.name} was born in {a['born']}. {person.name} lived in {wrong_city}. "
-                f"{person.name} worked as a {a['profession']}. {person.name} played the {other_instrument}. "
+    response = (f"Good question. They were born in {a['born']}. They lived in {wrong_city}. "
+                f"{person.name} worked as a {a['profession']}. They played the {other_instrument}. "
                 f"{without.name} lived in {without.attributes['city']}. The moon is made of cheese. I hope this helps.")
     qid = f"tw-{person.id}-q0"
     [ann] = OracleAnnotator(world).annotate([_sample(qid, response)], {q.id: q for q in world.questions})
     assert [s.label for s in ann.sentences] == ["nofact", "ok", "contradictory", "ok", "contradictory",
                                                 "unverifiable", "unverifiable", "nofact"]
     assert [ann.response[s.start:s.end] for s in ann.sentences] == [s.text for s in ann.sentences]
-    assert ann.sentences[1].text == f"{person.name} was born in {a['born']}."
+    assert ann.sentences[1].text == f"They were born in {a['born']}."
     assert ann.sentences[6].raw == "unparsed"
     assert ann.annotator == "toyworld-oracle"
     Annotation.from_dict(ann.to_dict())  # valid records
@@ -45,8 +45,9 @@ def test_each_label_on_a_hand_written_response(world):
 
 def test_a_fact_the_knowledge_base_lacks_is_unverifiable(world):
     _, without = _person_with_and_without_instrument(world)
-    label, raw = judge_sentence(world, without.id, f"{without.name} played the {INSTRUMENTS[0]}.")
-    assert label == "unverifiable" and "not in the knowledge base" in raw
+    for sentence in (f"They played the {INSTRUMENTS[0]}.", f"{without.name} played the {INSTRUMENTS[0]}."):
+        label, raw = judge_sentence(world, without.id, sentence)
+        assert label == "unverifiable" and "not in the knowledge base" in raw
     assert judge_sentence(world, without.id, f"Nobody Atall lived in {without.attributes['city']}.")[0] == "unverifiable"
 
 

@@ -23,11 +23,17 @@ from pathlib import Path
 from typing import Sequence
 
 from ..records import Annotation, Question, Sample, Sentence
-from .world import NOFACT_SENTENCES, TEMPLATES, World
+from .world import DOCUMENT_TEMPLATES, NOFACT_SENTENCES, TEMPLATES, World
 
-_PATTERNS = {attr: re.compile("^" + re.escape(tpl).replace(re.escape("{name}"), r"(?P<name>.+?)")
-                              .replace(re.escape("{value}"), r"(?P<value>.+?)") + "$")
-             for attr, tpl in TEMPLATES.items()}
+
+def _pattern(template: str) -> re.Pattern:
+    return re.compile("^" + re.escape(template).replace(re.escape("{name}"), r"(?P<name>.+?)")
+                      .replace(re.escape("{value}"), r"(?P<value>.+?)") + "$")
+
+
+# Answer form ("They lived in X.") and reference form ("<name> lived in X.").
+_PATTERNS = [(attr, _pattern(tpl)) for attr, tpl in TEMPLATES.items()] + \
+            [(attr, _pattern(tpl)) for attr, tpl in DOCUMENT_TEMPLATES.items()]
 
 
 def judge_sentence(world: World, person_id: str, sentence: str) -> tuple[str, str]:
@@ -35,12 +41,12 @@ def judge_sentence(world: World, person_id: str, sentence: str) -> tuple[str, st
     text = sentence.strip()
     if text in NOFACT_SENTENCES:
         return "nofact", "nofact"
-    for attr, pattern in _PATTERNS.items():
+    subject = world.person(person_id)
+    for attr, pattern in _PATTERNS:
         m = pattern.match(text)
         if not m:
             continue
-        name, value = m.group("name"), m.group("value")
-        subject = world.person(person_id)
+        name, value = m.groupdict().get("name", subject.name), m.group("value")
         if name != subject.name:
             return "unverifiable", f"{attr}: about {name!r}, not the question's person"
         right = subject.attributes.get(attr)

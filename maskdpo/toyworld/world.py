@@ -17,8 +17,8 @@ questions never appear in preference training (they do appear, with the same
 reliability, in the base policy's own training text: the base model "knows"
 them imperfectly, like an instruct model knows the world).
 
-A response is a run of one-line sentences, each stating one fact with the
-person's full name (so each sentence can be judged on its own), framed by
+A response is a run of short sentences, each stating one fact about the
+question's person ("They lived in Jorvik."), framed by
 fact-free sentences (an opener, sometimes a hedge) so that ``nofact`` exists.
 Everything is drawn from one ``random.Random(seed)``: the same seed gives the
 same world.
@@ -53,9 +53,18 @@ SURNAME_PARTS = ["ash", "brook", "crane", "dun", "ell", "frost", "glen", "hart",
                  "north", "pike", "quill", "rook", "stone", "thorn", "vale", "wick"]
 SURNAME_ENDS = ["ley", "wood", "field", "man", "ford", "by", "ridge", "well"]
 
-# One template per attribute. A sentence is "<full name> <verb phrase> <value>." so the
-# oracle can parse it back exactly; sentence splitting sees ". " between facts.
+# One template per attribute. Answers speak of the person as "They" (the subject is the
+# question's person, as for the ANAH judge, which checks against the question's
+# document), so the tiny policy needs the knowledge, not a copying skill; reference
+# documents name the person. The oracle parses both forms back exactly; sentence
+# splitting sees ". " between facts.
 TEMPLATES = {
+    "born": "They were born in {value}.",
+    "city": "They lived in {value}.",
+    "profession": "They worked as a {value}.",
+    "instrument": "They played the {value}.",
+}
+DOCUMENT_TEMPLATES = {
     "born": "{name} was born in {value}.",
     "city": "{name} lived in {value}.",
     "profession": "{name} worked as a {value}.",
@@ -236,12 +245,13 @@ def render_questions(people: list[Person], settings: WorldSettings) -> list[Ques
 
 def render_document(person: Person) -> str:
     """The reference text for a person: every known fact, one sentence each."""
-    return " ".join(fact_sentence(person.name, attr, person.attributes[attr])
+    return " ".join(DOCUMENT_TEMPLATES[attr].format(name=person.name, value=person.attributes[attr])
                     for attr in ATTRIBUTES if attr in person.attributes)
 
 
-def fact_sentence(name: str, attribute: str, value: str) -> str:
-    return TEMPLATES[attribute].format(name=name, value=value)
+def fact_sentence(attribute: str, value: str) -> str:
+    """A fact as an answer states it (about the question's person)."""
+    return TEMPLATES[attribute].format(value=value)
 
 
 # ---------------------------------------------------------------- the base policy's training text
@@ -270,11 +280,10 @@ def training_answer(person: Person, rng: random.Random) -> str:
         right = person.attributes.get(attr)
         if right is None:
             if rng.random() < 1 - person.fame:
-                vocab = INSTRUMENTS if attr == "instrument" else CITIES
-                sentences.append(fact_sentence(person.name, attr, rng.choice(vocab)))
+                sentences.append(fact_sentence(attr, wrong_value(rng, attr, "")))
             continue
         value = right if rng.random() < person.fame else wrong_value(rng, attr, right)
-        sentences.append(fact_sentence(person.name, attr, value))
+        sentences.append(fact_sentence(attr, value))
     if rng.random() < 0.5:
         sentences.append(rng.choice(HEDGES))
     return " ".join(sentences)

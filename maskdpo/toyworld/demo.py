@@ -1,0 +1,403 @@
+"""``maskdpo demo``: the whole method on the CPU toy world, base vs DPO vs Mask-DPO.
+
+Per seed, in ``OUT/seed-S/``, each step skipped when its output is complete
+(a killed run restarts where it stopped)::
+
+    world.json, questions-{train,test}.jsonl     generate_world
+    base/                                        train_base_policy (the "instruct model")
+    samples.jsonl                                run_sampling: n per training question, hf backend, top-k 40, T 0.8
+    annotations.jsonl                            run_annotation: toyworld-oracle
+    pairs.jsonl                                  build_pairs: best vs worst per question
+    train/{maskdpo,dpo}/                         python -m xtuner.tools.train (mask both / none), pth_to_hf → hf/
+    eval/{model}-{split}-*.jsonl                 fresh samples (n per question) of each model, annotated
+    scores.json
+
+Then ``OUT/report.{md,json,png}`` (all seeds: mean ± spread, within-seed
+differences) and the Table-1 files ``OUT/table1-{train,test}.{md,json,png}``.
+
+The headline metric is the ANAH score of sampled answers (``eval_samples``
+per question, the paper's decoding) on the training questions (fresh samples)
+and on the held-out people; facts per response and fact precision (ok / facts)
+sit beside it so a method cannot win by saying less.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+from ..settings import knob, settings_dict, write_settings
+from .policy import PolicySettings
+from .world import WorldSettings
+
+MODELS = ("base", "dpo", "maskdpo")
+MODEL_TITLES = {"base": "base policy", "dpo": "DPO (mask none)", "maskdpo": "Mask-DPO"}
+SPLITS = ("train", "test")
+CONFIGS = {"maskdpo": "maskdpo_tiny_cpu.py", "dpo": "dpo_tiny_cpu.py"}
+
+
+@dataclass
+class DemoSettings:
+    out: Path = knob(None, "Output folder (created; a rerun resumes and skips finished steps).")
+    quick: bool = knob(False, "Smaller world and shorter training (about 3 minutes on 2 cores; used in CI).")
+    seeds: int = knob(1, "Number of seeds (0, 1, ...); the report gives mean ± spread over them.")
+    first_seed: int = knob(0, "The first seed.")
+    threads: int = knob(2, "torch CPU threads (also for the XTuner training processes).")
+    samples: Optional[int] = knob(None, "Samples per training question for the pairs (default 8).")
+    eval_samples: Optional[int] = knob(None, "Sampled answers per question when evaluating (default 8).")
+    dpo_epochs: Optional[int] = knob(None, "Preference-training epochs over the pairs (default 4, quick 4).")
+    dpo_lr: Optional[float] = knob(None, "Preference-training learning rate (default 5e-4).")
+    beta: float = knob(0.1, "DPO beta (paper: 0.1).")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every size the demo uses, resolved from the settings (quick or full)."""
+
+    world: WorldSettings
+    policy: PolicySettings
+    samples: int
+    eval_samples: int
+    dpo_epochs: int
+    dpo_lr: float
+    dpo_batch_size: int
+    max_new_tokens: int
+
+
+def make_plan(settings: DemoSettings, seed: int) -> Plan:
+    if settings.quick:
+        world = WorldSettings(seed=seed, families=12, people_per_family=6, test_per_family=2)
+        policy = PolicySettings(seed=seed, threads=settings.threads, answers_per_question=16, epochs=4)
+    else:
+        world = WorldSettings(seed=seed, families=20, people_per_family=7, test_per_family=2)
+        policy = PolicySettings(seed=seed, threads=settings.threads, answers_per_question=16, epochs=5)
+    return Plan(world=world, policy=policy, samples=settings.samples or 8, eval_samples=settings.eval_samples or 8,
+                dpo_epochs=settings.dpo_epochs or 4, dpo_lr=settings.dpo_lr or 5e-4, dpo_batch_size=4,
+                max_new_tokens=96)
+
+
+def validate(settings: DemoSettings) -> None:
+    if settings.out in (None, ""):
+        raise ValueError("--out is required")
+    if settings.seeds < 1 or settings.threads < 1:
+        raise ValueError("--seeds and --threads must be >= 1")
+    for name in ("samples", "eval_samples"):
+        value = getattr(settings, name)
+        if value is not None and value < 2:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 2 (a pair needs two samples), got {value}")
+
+
+def config_dir() -> Path:
+    """The repository's ``xtuner_configs/`` (the package is installed editable from the clone)."""
+    folder = Path(__file__).resolve().parents[2] / "xtuner_configs"
+    if not (folder / CONFIGS["maskdpo"]).exists():
+        raise FileNotFoundError(f"{folder}: the XTuner configs are missing; run the demo from a clone of the "
+                                "repository installed with `pip install -e .`")
+    return folder
+
+
+def say(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+# ---------------------------------------------------------------- steps
+
+
+def step_world(plan: Plan, folder: Path) -> Path:
+    from ..jsonl import write_jsonl
+    from .world import World, generate_world
+
+    path = folder / "world.json"
+    if not path.exists():
+        world = generate_world(plan.world)
+        for split in SPLITS:
+            write_jsonl(folder / f"questions-{split}.jsonl", [q.to_dict() for q in world.questions_for(split)])
+        world.save(path)  # last: its presence marks the step done
+    world = World.load(path)
+    say(f"world: {len(world.families)} families, {len(world.people)} people, "
+        f"{len(world.questions_for('train'))} training / {len(world.questions_for('test'))} held-out questions")
+    return path
+
+
+def step_base(plan: Plan, folder: Path, world_path: Path) -> Path:
+    from .policy import train_base_policy
+    from .world import World
+
+    out = folder / "base"
+    if not (out / "train_log.json").exists():
+        say("training the base policy (tiny Llama, plain torch loop)")
+        train_base_policy(World.load(world_path), out, plan.policy)
+    return out
+
+
+def sample_and_annotate(model: Path, questions: Path, world_path: Path, folder: Path, stem: str, n: int, seed: int,
+                        plan: Plan) -> Path:
+    """Sample ``n`` answers per question with the paper's decoding and label them with the oracle.
+
+    Writes ``folder/<stem>samples.jsonl`` and ``folder/<stem>annotations.jsonl`` (both resumable).
+    """
+    from ..annotate.run import AnnotateSettings, run_annotation
+    from ..sample import SampleSettings, run_sampling
+
+    samples = folder / f"{stem}samples.jsonl"
+    annotations = folder / f"{stem}annotations.jsonl"
+    run_sampling(SampleSettings(questions=questions, out=samples, model=str(model), backend="hf", n=n,
+                                max_new_tokens=plan.max_new_tokens, seed=seed, batch_size=16, device="cpu"))
+    run_annotation(AnnotateSettings(samples=samples, questions=questions, out=annotations,
+                                    annotator="toyworld-oracle",
+                                    annotator_options=json.dumps({"world": str(world_path)})))
+    return annotations
+
+
+def step_pairs(folder: Path, annotations: Path) -> tuple[Path, dict]:
+    from ..jsonl import load_jsonl, write_jsonl
+    from ..pairs import PairSettings, build_pairs
+    from ..records import Annotation
+
+    path, stats_path = folder / "pairs.jsonl", folder / "pairs-stats.json"
+    if not stats_path.exists():
+        records, _ = load_jsonl(annotations, Annotation.from_dict)
+        pairs, stats = build_pairs(records, PairSettings())
+        if not pairs:
+            raise RuntimeError(f"{annotations}: no usable pairs (every question's samples scored the same)")
+        write_jsonl(path, [p.to_dict() for p in pairs])
+        stats_path.write_text(json.dumps(stats.to_dict(), indent=1) + "\n")
+    stats = json.loads(stats_path.read_text())
+    say(f"pairs: {stats['kept']} of {stats['questions']} training questions")
+    return path, stats
+
+
+_ITER = re.compile(r"Iter\(train\)\s*\[\s*(\d+)/\s*(\d+)\]")
+
+
+def run_logged(cmd: list[str], log: Path, env: dict, desc: str) -> None:
+    """Run ``cmd``, its output to ``log``, with a progress bar fed by mmengine's ``Iter(train) [i/N]`` lines."""
+    from tqdm.auto import tqdm
+
+    with log.open("w") as handle, tqdm(desc=desc, unit="iter", total=None, dynamic_ncols=True) as bar:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            handle.write(line)
+            m = _ITER.search(line)
+            if m:
+                bar.total = int(m.group(2))
+                bar.update(int(m.group(1)) - bar.n)
+        code = proc.wait()
+    if code != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed with exit code {code}; log: {log}\n{tail}")
+
+
+def step_train(plan: Plan, folder: Path, kind: str, base: Path, pairs: Path, seed: int, settings: DemoSettings) -> Path:
+    """Preference-train ``kind`` (maskdpo | dpo) through the XTuner plugin, then convert to a HF model."""
+    work = folder / "train" / kind
+    hf = work / "hf"
+    if (hf / ".complete").exists():
+        return hf
+    config = config_dir() / CONFIGS[kind]
+    env = {**os.environ, "MASKDPO_MODEL": str(base), "MASKDPO_PAIRS": str(pairs),
+           "MASKDPO_EPOCHS": str(plan.dpo_epochs), "MASKDPO_LR": str(plan.dpo_lr),
+           "MASKDPO_BATCH_SIZE": str(plan.dpo_batch_size), "MASKDPO_SAVE_STEPS": "1000000",
+           "OMP_NUM_THREADS": str(settings.threads), "TOKENIZERS_PARALLELISM": "false"}
+    options = ["--cfg-options", f"randomness.seed={seed}", f"model.beta={settings.beta}"]
+    work.mkdir(parents=True, exist_ok=True)
+    for old in work.glob("iter_*.pth"):  # a killed run's partial checkpoints: train again from the base
+        old.unlink()
+    run_logged([sys.executable, "-m", "xtuner.tools.train", str(config), "--work-dir", str(work), *options],
+               work / "train.log", env, f"xtuner {kind}")
+    checkpoints = sorted(work.glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
+    if not checkpoints:
+        raise RuntimeError(f"{work}: XTuner finished without writing iter_N.pth (see {work / 'train.log'})")
+    run_logged([sys.executable, "-m", "xtuner.tools.model_converters.pth_to_hf", str(config), str(checkpoints[-1]),
+                str(hf), "--fp32", "--cfg-options", f"model.beta={settings.beta}"],
+               work / "convert.log", env, f"convert {kind}")
+    for ckpt in checkpoints:  # the HF copy is what the demo needs; a .pth holds optimizer state too
+        ckpt.unlink()
+    (hf / ".complete").touch()
+    return hf
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def response_metrics(annotations: list) -> dict:
+    """ANAH score (pooled, nofact correct) plus fact precision and facts per response.
+
+    fact precision = ok / (ok + contradictory + unverifiable); facts = sentences that are not nofact.
+    """
+    from ..metrics.anah import anah_score
+
+    score = anah_score(annotations)
+    counts = score.label_counts
+    facts = score.sentences - counts.get("nofact", 0)
+    return {"anah": score.exact_score, "correct": score.correct, "incorrect": score.incorrect,
+            "sentences": score.sentences, "responses": score.responses,
+            "fact_precision": 100.0 * counts.get("ok", 0) / facts if facts else float("nan"),
+            "facts_per_response": facts / score.responses, "labels": counts}
+
+
+def run_seed(settings: DemoSettings, seed: int) -> dict:
+    import torch
+
+    from ..jsonl import load_jsonl
+    from ..records import Annotation
+
+    torch.set_num_threads(settings.threads)
+    plan = make_plan(settings, seed)
+    folder = Path(settings.out) / f"seed-{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    say(f"seed {seed}: {folder}")
+    world_path = step_world(plan, folder)
+    base = step_base(plan, folder, world_path)
+    annotations = sample_and_annotate(base, folder / "questions-train.jsonl", world_path, folder, "",
+                                      plan.samples, seed, plan)
+    pairs, pair_stats = step_pairs(folder, annotations)
+    models = {"base": base}
+    for kind in ("dpo", "maskdpo"):
+        models[kind] = step_train(plan, folder, kind, base, pairs, seed, settings)
+    scores: dict = {"seed": seed, "pairs": pair_stats, "models": {}}
+    eval_dir = folder / "eval"
+    eval_dir.mkdir(exist_ok=True)
+    for name, model in models.items():
+        scores["models"][name] = {}
+        for split in SPLITS:
+            # A seed apart from the pair-sampling seed: the training questions get fresh samples.
+            path = sample_and_annotate(model, folder / f"questions-{split}.jsonl", world_path,
+                                       eval_dir, f"{name}-{split}-", plan.eval_samples, 10_000 + seed, plan)
+            records, _ = load_jsonl(path, Annotation.from_dict)
+            scores["models"][name][split] = response_metrics(records)
+            scores["models"][name][split]["annotations"] = str(path)
+    (folder / "scores.json").write_text(json.dumps(scores, indent=1) + "\n")
+    write_settings(folder / "demo-settings.json", settings, plan=dataclasses.asdict(plan))
+    return scores
+
+
+# ---------------------------------------------------------------- report
+
+
+def _mean_spread(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _cell(values: list[float], digits: int = 2) -> str:
+    mean, spread = _mean_spread(values)
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
+
+
+def summarize(per_seed: list[dict]) -> dict:
+    """Mean and spread over seeds of every metric, and of the within-seed differences."""
+    summary: dict = {"seeds": [s["seed"] for s in per_seed], "models": {}, "differences": {}}
+    for name in MODELS:
+        summary["models"][name] = {}
+        for split in SPLITS:
+            entry = {}
+            for metric in ("anah", "fact_precision", "facts_per_response"):
+                values = [s["models"][name][split][metric] for s in per_seed]
+                mean, spread = _mean_spread(values)
+                entry[metric] = {"mean": mean, "spread": spread, "per_seed": values}
+            summary["models"][name][split] = entry
+    for a, b in (("maskdpo", "dpo"), ("maskdpo", "base"), ("dpo", "base")):
+        summary["differences"][f"{a}-{b}"] = {}
+        for split in SPLITS:
+            diffs = [s["models"][a][split]["anah"] - s["models"][b][split]["anah"] for s in per_seed]
+            mean, spread = _mean_spread(diffs)
+            summary["differences"][f"{a}-{b}"][split] = {"mean": mean, "spread": spread, "per_seed": diffs,
+                                                        "wins": sum(d > 0 for d in diffs)}
+    return summary
+
+
+def report_markdown(summary: dict, settings: DemoSettings) -> str:
+    m = summary["models"]
+    k = len(summary["seeds"])
+    lines = [f"# Toy-world demo: base vs DPO vs Mask-DPO ({k} seed{'s' if k > 1 else ''}"
+             f"{', quick' if settings.quick else ''})", "",
+             "ANAH score (% correct sentences, nofact counted correct) of sampled answers (top-k 40, T 0.8)"
+             + (", mean ± sample standard deviation over seeds." if k > 1 else "."), "",
+             "| Model | train: ANAH % | train: fact precision % | train: facts/answer "
+             "| held-out: ANAH % | held-out: fact precision % | held-out: facts/answer |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name in MODELS:
+        cells = [MODEL_TITLES[name]]
+        for split in SPLITS:
+            e = m[name][split]
+            cells += [_cell(e["anah"]["per_seed"]), _cell(e["fact_precision"]["per_seed"]),
+                      _cell(e["facts_per_response"]["per_seed"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Within-seed differences of the ANAH score (points; wins = seeds where the first is higher):", "",
+              "| Difference | train | held-out |", "|---|---:|---:|"]
+    for key, d in summary["differences"].items():
+        a, b = key.split("-")
+        cells = [f"{MODEL_TITLES[a]} − {MODEL_TITLES[b]}"]
+        for split in SPLITS:
+            cells.append(f"{_cell(d[split]['per_seed'])} ({d[split]['wins']}/{k})")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "train = fresh samples of the training questions; held-out = people whose questions were never "
+                  "in preference training. Per-seed details: seed-*/scores.json."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_summary(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.0, 3.6), dpi=120)
+    width = 0.26
+    for j, name in enumerate(MODELS):
+        xs = [i + (j - 1) * width for i in range(len(SPLITS))]
+        entries = [summary["models"][name][split]["anah"] for split in SPLITS]
+        bars = ax.bar(xs, [e["mean"] for e in entries], width, yerr=[e["spread"] for e in entries], capsize=3,
+                      label=MODEL_TITLES[name])
+        ax.bar_label(bars, labels=[f"{e['mean']:.1f}" for e in entries], fontsize=7)
+    ax.set_xticks(range(len(SPLITS)), ["training questions (fresh samples)", "held-out people"])
+    ax.set_ylabel("ANAH score (sampled answers)")
+    low = min(summary["models"][n][s]["anah"]["mean"] for n in MODELS for s in SPLITS)
+    ax.set_ylim(max(0.0, low - 15), 100)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Toy world: factuality after preference training")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_reports(settings: DemoSettings, per_seed: list[dict]) -> dict[str, Path]:
+    from ..jsonl import load_jsonl
+    from ..metrics.anah import anah_runs
+    from ..records import Annotation
+    from ..report import ModelResult, write_report
+
+    out = Path(settings.out)
+    summary = summarize(per_seed)
+    paths = {"markdown": out / "report.md", "json": out / "report.json", "png": out / "report.png"}
+    paths["markdown"].write_text(report_markdown(summary, settings), encoding="utf-8")
+    paths["json"].write_text(json.dumps({"format": "maskdpo/toyworld-demo@1", "settings": settings_dict(settings),
+                                         "summary": summary, "per_seed": per_seed}, indent=1, default=str) + "\n")
+    plot_summary(summary, paths["png"])
+    for split in SPLITS:  # the evaluation stage's own Table-1 files, one run per seed
+        models = []
+        for name in MODELS:
+            runs = [load_jsonl(s["models"][name][split]["annotations"], Annotation.from_dict)[0] for s in per_seed]
+            models.append(ModelResult(MODEL_TITLES[name], anah=anah_runs(runs)))
+        for kind, p in write_report(out, models, settings={"split": split}, stem=f"table1-{split}").items():
+            paths[f"table1-{split}-{kind}"] = p
+    return paths
+
+
+def run_demo(settings: DemoSettings) -> dict[str, Path]:
+    """Run every seed (each resumable), then write the reports; returns the report paths."""
+    validate(settings)
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_settings(out / "demo-settings.json", settings)
+    per_seed = [run_seed(settings, seed) for seed in range(settings.first_seed, settings.first_seed + settings.seeds)]
+    return write_reports(settings, per_seed)
