@@ -35,6 +35,19 @@ from .ref_cache import RefCache, reference_fingerprint
 REF_PREFIX = "ref_llm."
 
 
+def _prepare_for_flash_attn(cfg, llm_cfg):
+    """XTuner's choice of attention and dtype, except on CPU.
+
+    XTuner probes bf16 support with ``torch.cpu.is_bf16_supported()``, which
+    does not exist: on CPU keep the model's own dtype and attention.
+    """
+    from xtuner.utils.device import get_torch_device
+
+    if hasattr(get_torch_device(), "is_bf16_supported"):
+        return DPO._prepare_for_flash_attn(cfg, llm_cfg)
+    return cfg
+
+
 class MaskDPO(DPO):
     """Mask-DPO for XTuner configs.
 
@@ -67,7 +80,11 @@ class MaskDPO(DPO):
         self.logp_chunk_size = logp_chunk_size
         self.ref_cache = cache
         if cache is not None:
+            from mmengine.logging import print_log
+
             self.ref_llm = None
+            print_log(f"Reference: {len(cache.entries)} precomputed pair sums from {cache.path}; "
+                      "no reference model loaded", logger="current")
         elif ref_llm is not None:
             ref_llm = self.build_llm_from_cfg(ref_llm, kwargs.get("use_varlen_attn", False),
                                               kwargs.get("max_position_embeddings", None))
@@ -76,15 +93,7 @@ class MaskDPO(DPO):
             self.ref_llm = None if self.use_lora else create_reference_model(self.llm)
         self.register_load_state_dict_post_hook(_ignore_missing_reference)
 
-    # XTuner probes bf16 support with ``torch.cpu.is_bf16_supported()``, which
-    # does not exist: on CPU keep the model's own dtype and attention.
-    @staticmethod
-    def _prepare_for_flash_attn(cfg, llm_cfg):
-        from xtuner.utils.device import get_torch_device
-
-        if hasattr(get_torch_device(), "is_bf16_supported"):
-            return DPO._prepare_for_flash_attn(cfg, llm_cfg)
-        return cfg
+    _prepare_for_flash_attn = staticmethod(_prepare_for_flash_attn)
 
     def state_dict(self, *args, **kwargs):
         """The policy only: the frozen reference is rebuilt from the config (or the cache) on load."""
@@ -161,6 +170,12 @@ class MaskDPO(DPO):
         out = mask_dpo_loss(policy_sums[0::2], policy_sums[1::2], ref_sums[0::2], ref_sums[1::2],
                             beta=self.beta, loss_type=self.loss_type, label_smoothing=self.label_smoothing)
         return {"loss": out.losses.mean(), **out.metrics()}
+
+
+class StockDPO(DPO):
+    """XTuner's DPO unchanged except for the CPU bf16 probe: the baseline of tests and benchmarks."""
+
+    _prepare_for_flash_attn = staticmethod(_prepare_for_flash_attn)
 
 
 def _ignore_missing_reference(module, incompatible_keys) -> None:
