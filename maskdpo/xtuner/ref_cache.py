@@ -143,6 +143,21 @@ class RefCache:
         return f"mask={fp.get('mask')}, max_length={fp.get('max_length')}, tokenizer={fp.get('tokenizer', {}).get('name')}"
 
 
+def _read_header(path: Path) -> dict | None:
+    """The fingerprint of an existing cache (its first line), or None; the rest may end in a torn line."""
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    with path.open(encoding="utf-8") as handle:
+        first = handle.readline()
+    try:
+        header = json.loads(first)
+    except json.JSONDecodeError:
+        header = None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise RecordError(path, 1, "format", f"not a reference cache (expected {FORMAT!r} on the first line)")
+    return header.get("fingerprint")
+
+
 def compute_ref_cache(config: str | os.PathLike, out: str | os.PathLike, cfg_options: dict | None = None,
                       batch_size: int = 8, device: str | None = None) -> RefCache:
     """Run the config's reference model over its training pairs; write (or complete) the cache at ``out``.
@@ -189,11 +204,10 @@ def compute_ref_cache(config: str | os.PathLike, out: str | os.PathLike, cfg_opt
     }
 
     out = Path(out)
-    if out.exists() and out.stat().st_size > 0:
-        existing = RefCache.load(out)
-        if existing.fingerprint != fingerprint:
-            raise RefCacheMismatch(f"{out} holds a cache for other settings ({existing.fingerprint}); "
-                                   "delete it or choose another --out")
+    existing = _read_header(out)
+    if existing is not None and existing != fingerprint:
+        raise RefCacheMismatch(f"{out} holds a cache for other settings ({existing}); "
+                               "delete it or choose another --out")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     ref_cfg = ref_cfg.copy()
     traverse_dict(ref_cfg)

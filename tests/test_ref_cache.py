@@ -1,0 +1,84 @@
+"""The reference cache file: computing, resuming after a kill, refusing other settings, reading errors."""
+
+import json
+
+import pytest
+
+from maskdpo.jsonl import RecordError
+from maskdpo.xtuner.ref_cache import FORMAT, RefCache, RefCacheMismatch, compute_ref_cache, reference_fingerprint
+from tests.test_xtuner_data import write_pairs
+
+CONFIG = "xtuner_configs/maskdpo_tiny_cpu.py"
+
+
+@pytest.fixture()
+def env(monkeypatch, tmp_path, tiny_llama_dir):
+    pairs = write_pairs(tmp_path / "pairs.jsonl")
+    monkeypatch.setenv("MASKDPO_MODEL", str(tiny_llama_dir))
+    monkeypatch.setenv("MASKDPO_PAIRS", str(pairs))
+    monkeypatch.delenv("MASKDPO_REF_CACHE", raising=False)
+    return tmp_path
+
+
+def test_compute_resumes_after_a_kill_without_duplicates(env):
+    import torch
+
+    torch.set_num_threads(1)
+    out = env / "ref.jsonl"
+    full = compute_ref_cache(CONFIG, out, batch_size=4)
+    lines = out.read_text().splitlines()
+    assert json.loads(lines[0])["format"] == FORMAT and len(lines) == 5
+    fp = full.fingerprint
+    assert fp["mask"] == "both" and fp["max_length"] == 512 and fp["reference"]["digest"]
+    # A kill after two pairs and in the middle of the third line.
+    out.write_text("\n".join(lines[:3]) + "\n" + lines[3][:25])
+    resumed = compute_ref_cache(CONFIG, out, batch_size=1)
+    again = out.read_text().splitlines()
+    assert len(again) == 5 and again[:3] == lines[:3]  # kept lines untouched, the torn one redone
+    assert sorted(resumed.entries) == sorted(full.entries)
+    for pair_id, entry in full.entries.items():  # other batch shapes: fp32 rounding only
+        redone = resumed.entries[pair_id]
+        assert redone["digest"] == entry["digest"] and redone["chosen_tokens"] == entry["chosen_tokens"]
+        assert redone["chosen"] == pytest.approx(entry["chosen"], abs=1e-4)
+        assert redone["rejected"] == pytest.approx(entry["rejected"], abs=1e-4)
+
+
+def test_existing_cache_for_other_settings_is_an_error(env):
+    out = env / "ref.jsonl"
+    compute_ref_cache(CONFIG, out, batch_size=4)
+    with pytest.raises(RefCacheMismatch, match="holds a cache for other settings"):
+        compute_ref_cache(CONFIG, out, cfg_options={"train_dataloader.dataset.mask": "none"})
+
+
+def test_config_with_a_cache_set_is_refused(env):
+    with pytest.raises(ValueError, match="model.ref_cache is set"):
+        compute_ref_cache(CONFIG, env / "x.jsonl", cfg_options={"model.ref_cache": str(env / "old.jsonl")})
+
+
+def test_reading_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"format": "maskdpo/pair@1"}) + "\n")
+    with pytest.raises(RecordError, match=r"bad\.jsonl:1: field 'format'"):
+        RefCache.load(bad)
+    bad.write_text(json.dumps({"format": FORMAT, "fingerprint": {}}) + "\n" + json.dumps({"pair_id": "a"}) + "\n")
+    with pytest.raises(RecordError, match=r"bad\.jsonl:2: field 'digest': missing"):
+        RefCache.load(bad)
+    with pytest.raises(FileNotFoundError, match="maskdpo ref-cache"):
+        RefCache.load(tmp_path / "missing.jsonl")
+
+
+def test_reference_identity_uses_the_folder_digest(tmp_path, tiny_llama_dir):
+    here = reference_fingerprint({"pretrained_model_name_or_path": str(tiny_llama_dir)})
+    assert here["digest"] is not None
+    cache = RefCache("c.jsonl", {"reference": here}, {})
+    cache.check_reference(dict(here))
+    changed = tmp_path / "model"
+    changed.mkdir()
+    for f in tiny_llama_dir.iterdir():
+        if f.is_file():
+            (changed / f.name).write_bytes(f.read_bytes())
+    config = json.loads((changed / "config.json").read_text())
+    config["rms_norm_eps"] = 1e-5 if config.get("rms_norm_eps") != 1e-5 else 1e-6
+    (changed / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RefCacheMismatch):
+        cache.check_reference(reference_fingerprint({"pretrained_model_name_or_path": str(changed)}))
