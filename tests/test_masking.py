@@ -266,3 +266,15 @@ def test_slow_tokenizer_is_refused():
     pair = make_pair([("", "A.", C)], [("", "B.", H)])
     with pytest.raises(TypeError, match="not a fast tokenizer"):
         encode_pair(Slow(), pair)
+
+
+def test_multi_turn_prompt_repeating_the_response(tokenizer):
+    """The response is located in the last assistant turn, not in an identical earlier one."""
+    prompt = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Who was Ada?"},
+              {"role": "assistant", "content": "Ada was a poet. She was born in 1815."},
+              {"role": "user", "content": "Say it again."}]
+    pair = make_pair([("", "Ada was a poet.", H), (" ", "She was born in 1815.", C)],
+                     [("", "Ada was a poet.", H), (" ", "She was born in 1915.", H)], prompt=prompt)
+    assert pair.chosen in prompt[2]["content"]
+    mp = check_pair(tokenizer, pair)
+    assert kept_and_masked_text(tokenizer, mp.chosen)["masked_text"].strip() == "Ada was a poet."
