@@ -1,0 +1,93 @@
+#!/usr/bin/env python
+"""Benchmark: sentences/s of ANAH-v2 annotation, turn-batched vs sentence by sentence, in one run.
+
+    python tools/bench_annotate.py [--model DIR] [--samples 4] [--max-new-tokens 24]
+
+The same annotator code, judge, prompts and greedy decoding run in both
+orders: "turn-batched" sends each turn as one backend call over all pending
+sentences of all samples; "sentence by sentence" runs one sentence through
+its turns before the next (the official script's order). The judge is
+SmolLM2-135M-Instruct (a stand-in for the 7B ``opencompass/anah-v2``: it
+rarely follows the tag protocol, so many sentences stop after turn 1 as
+unparseable; the call counts printed show how many turns ran). Target: ≥ 5×.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CASES = [
+    ("Who was Marie Curie?",
+     "Marie Curie was a physicist and chemist born in Warsaw in 1867. She won Nobel Prizes in Physics (1903) and "
+     "Chemistry (1911). She died in 1934.",
+     "Marie Curie was born in Warsaw in 1867. She won two Nobel Prizes. She was born in Paris. Hello, I hope this helps!"),
+    ("Tell me about the Eiffel Tower.",
+     "The Eiffel Tower is a wrought-iron tower in Paris, completed in 1889, about 330 metres tall.",
+     "The Eiffel Tower is in Paris. It was completed in 1889. It is 500 metres tall. It is made of wood."),
+    ("Who was Ada Lovelace?",
+     "Ada Lovelace (1815-1852) was an English mathematician who wrote about Babbage's Analytical Engine.",
+     "Ada Lovelace was born in 1815. She worked with Charles Babbage. She was a famous painter. Thanks for asking."),
+    ("What is the Great Wall of China?",
+     "The Great Wall of China is a series of fortifications in northern China, built over many centuries.",
+     "The Great Wall is in northern China. It was built in one year. It is visible everywhere. What else?"),
+]
+
+
+def default_model() -> str:
+    sys.path.insert(0, str(ROOT))
+    from tests.models import smollm2_model_dir
+
+    return str(smollm2_model_dir())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    import torch
+
+    from maskdpo.annotate.anah_v2 import AnahV2Annotator
+    from maskdpo.backends.base import load_backend
+    from maskdpo.records import Question, Sample
+
+    torch.set_num_threads(args.threads)
+    model = args.model or default_model()
+    cases = (CASES * (args.samples // len(CASES) + 1))[: args.samples]
+    questions, samples = {}, []
+    for i, (question, document, response) in enumerate(cases):
+        questions[f"q{i}"] = Question(id=f"q{i}", question=question, document=document, language="en")
+        samples.append(Sample(question_id=f"q{i}", sample_index=0, messages=[{"role": "user", "content": question}],
+                              response=response, model="bench", backend="bench", generation={}))
+    # One backend for both runs; batch_size large enough for a whole turn in one generate call.
+    backend = load_backend("hf", model, device="cpu", batch_size=256)
+    results = {}
+    for mode, batching in (("turn-batched", True), ("sentence by sentence", False)):
+        annotator = AnahV2Annotator(backend=backend, max_new_tokens=args.max_new_tokens, turn_batching=batching)
+        t0 = time.perf_counter()
+        annotations = annotator.annotate(samples, questions)
+        seconds = time.perf_counter() - t0
+        labels = [s.label for a in annotations for s in a.sentences]
+        results[mode] = (seconds, labels, annotator.stats)
+
+    print(f"judge: {model} (greedy, max_new_tokens={args.max_new_tokens}, CPU threads={args.threads})")
+    for mode, (seconds, labels, stats) in results.items():
+        print(f"{mode:>20}: {len(labels)} sentences in {seconds:7.2f} s = {len(labels) / seconds:6.2f} sentences/s; "
+              f"{stats['judge_calls']} judge calls, {stats['judge_prompts']} judge prompts, "
+              f"{stats['unparseable']} unparseable")
+    (tb, lb, _), (ts, ls, _) = results["turn-batched"], results["sentence by sentence"]
+    agree = sum(a == b for a, b in zip(lb, ls))
+    print(f"labels agree between the two orders: {agree}/{len(lb)}")
+    print(f"speed-up turn-batched / sentence by sentence: {ts / tb:.2f}x (target >= 5x)")
+
+
+if __name__ == "__main__":
+    main()
