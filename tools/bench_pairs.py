@@ -52,7 +52,7 @@ def synthetic_sentence(rng: random.Random) -> str:
     return f"{rng.choice(SUBJECTS)} {claim}{rng.choice(['.', '.', '.', '!', '?', ';'])}"
 
 
-def synthetic_side(rng: random.Random, n: int, kept_type: str):
+def synthetic_side(rng: random.Random, n: int):
     from maskdpo.records import PairItem
 
     text, spans, sents, types = "", [], [], []
@@ -77,8 +77,8 @@ def synthetic_pairs(count: int, seed: int = 0):
     pairs = []
     for i in range(count):
         prompt = [{"role": "user", "content": f"Tell me about {rng.choice(SUBJECTS)} (question {i})."}]
-        chosen, chosen_item = synthetic_side(rng, rng.randint(8, 12), "no_hallucination")
-        rejected, rejected_item = synthetic_side(rng, rng.randint(8, 12), "hallucination")
+        chosen, chosen_item = synthetic_side(rng, rng.randint(8, 12))
+        rejected, rejected_item = synthetic_side(rng, rng.randint(8, 12))
         pairs.append(Pair(f"syn-{i}", prompt, chosen, rejected, chosen_item, rejected_item))
     return pairs
 
