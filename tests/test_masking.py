@@ -143,9 +143,8 @@ def test_no_mask_matches_xtuner_preference_dataset(tokenizer):
                     "rejected": [{"role": "assistant", "content": pair.rejected}]}, tokenizer, max_length=10_000)
     assert mp.to_xtuner()["chosen_ids"] == ref["chosen_ids"]
     assert mp.to_xtuner()["rejected_ids"] == ref["rejected_ids"]
-    # Same response labels; our prompt boundary is exact where the template's "\n" merges with the response.
-    n = mp.chosen.prompt_tokens
-    assert mp.chosen.labels[n + 1:] == ref["chosen_labels"][n + 1:]
+    assert mp.to_xtuner()["chosen_labels"] == ref["chosen_labels"]
+    assert mp.to_xtuner()["rejected_labels"] == ref["rejected_labels"]
 
 
 sentence_words = st.sampled_from(["Ada", "was", "born", "in", "1815", "3.5", "Dr.", "e.g.", "U.S.", "London", "the",
