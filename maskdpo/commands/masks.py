@@ -62,7 +62,9 @@ def masks(pairs_path: Path, tokenizer: str, max_length: int | None, mask: str, a
     without a terminal). The prompt is never shown (it is always masked); what
     the chat template adds after the response (the end-of-turn token) is kept.
     """
-    from ..jsonl import RecordError, iter_jsonl, ReadStats
+    from tqdm import tqdm
+
+    from ..jsonl import ReadStats, RecordError, iter_jsonl
     from ..masking import AlignmentError, encode_pairs
     from ..records import parse_pair_line_ids
 
@@ -74,7 +76,11 @@ def masks(pairs_path: Path, tokenizer: str, max_length: int | None, mask: str, a
             if limit is not None and len(records) >= limit:
                 break
             records.append(pair)
-        encoded = encode_pairs(tok, records, max_length=max_length, mask=mask)
+        encoded = []
+        with tqdm(total=len(records), desc="Tokenizing pairs", unit="pair", disable=len(records) < 2000) as bar:
+            for start in range(0, len(records), 256):
+                encoded.extend(encode_pairs(tok, records[start:start + 256], max_length=max_length, mask=mask))
+                bar.update(len(records[start:start + 256]))
     except (RecordError, AlignmentError, TypeError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     colour = sys.stdout.isatty()
