@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import click
 
@@ -19,6 +19,8 @@ class RefCacheSettings:
                                         "is completed (resume); one with another fingerprint is an error."})
     batch_size: int = knob(8, "Pairs per reference forward.")
     device: Optional[str] = knob(None, "Device for the reference (default: cuda when available, else cpu).")
+    dtype: Optional[Literal["bfloat16", "float16", "float32"]] = knob(
+        None, "Run the reference in this dtype (default: the config's); use the dtype training runs in.")
 
 
 def _parse_cfg_options(values: tuple[str, ...]) -> dict:
@@ -49,7 +51,7 @@ def ref_cache(cfg_options: tuple[str, ...], **options) -> None:
     from ..xtuner.ref_cache import compute_ref_cache
 
     cache = compute_ref_cache(settings.config, settings.out, cfg_options=_parse_cfg_options(cfg_options),
-                              batch_size=settings.batch_size, device=settings.device)
+                              batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype)
     write_settings(Path(str(settings.out) + ".settings.json"), settings, cfg_options=list(cfg_options))
     click.echo(f"{settings.out}: reference sums for {len(cache.entries)} pairs "
                f"(mask={cache.fingerprint['mask']}, max_length={cache.fingerprint['max_length']})")

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 IGNORE_INDEX = -100
 LOSS_TYPES = ("sigmoid", "robust", "hinge", "ipo", "kto_pair", "sppo_hard", "nca_pair")
-DEFAULT_CHUNK_SIZE = 1024  # rows of [chunk, V] fp32 at a time: 1024 x 128k x 4 B = 512 MiB
+DEFAULT_CHUNK_SIZE = 256  # rows of [chunk, V] fp32 at a time: 256 x 128k x 4 B = 128 MiB
 
 
 class _LabelLogps(torch.autograd.Function):

@@ -159,14 +159,15 @@ def _read_header(path: Path) -> dict | None:
 
 
 def compute_ref_cache(config: str | os.PathLike, out: str | os.PathLike, cfg_options: dict | None = None,
-                      batch_size: int = 8, device: str | None = None) -> RefCache:
+                      batch_size: int = 8, device: str | None = None, dtype: str | None = None) -> RefCache:
     """Run the config's reference model over its training pairs; write (or complete) the cache at ``out``.
 
     The reference is ``model.ref_llm`` of the config, or ``model.llm`` (the
     initial policy) when that is unset. Pairs are tokenized by the config's own
     ``train_dataset`` settings, so the digests match training. An existing
     ``out`` with another fingerprint is an error; with the same one, pairs
-    already there are skipped (resume after a kill).
+    already there are skipped (resume after a kill). ``dtype`` (``bfloat16``,
+    ``float16``, ``float32``) overrides the reference's ``torch_dtype``.
     """
     import torch
     from mmengine.config import Config
@@ -183,7 +184,9 @@ def compute_ref_cache(config: str | os.PathLike, out: str | os.PathLike, cfg_opt
     model_cfg = cfg.model
     if model_cfg.get("ref_cache"):
         raise ValueError(f"{config}: model.ref_cache is set; compute the cache from a config without it")
-    ref_cfg = model_cfg.get("ref_llm") or model_cfg["llm"]
+    ref_cfg = (model_cfg.get("ref_llm") or model_cfg["llm"]).copy()
+    if dtype is not None:  # the dtype the reference runs in during training (bf16 on GPUs)
+        ref_cfg["torch_dtype"] = getattr(torch, dtype)
     data_cfg = cfg.train_dataloader.dataset.copy()
     data_cfg["use_varlen_attn"] = False  # one pair per item
     for key in ("mask", "max_length", "data_files"):
@@ -209,7 +212,6 @@ def compute_ref_cache(config: str | os.PathLike, out: str | os.PathLike, cfg_opt
         raise RefCacheMismatch(f"{out} holds a cache for other settings ({existing}); "
                                "delete it or choose another --out")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    ref_cfg = ref_cfg.copy()
     traverse_dict(ref_cfg)
     model = BUILDER.build(ref_cfg).to(device).eval()
     model.config.use_cache = False
