@@ -10,8 +10,6 @@ Two entry points, both thin under ``maskdpo eval``:
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -169,9 +167,18 @@ class EndToEndSettings(ScoreSettings):
     batch_size: int = knob(16, "Questions per generation call.")
     base_url: Optional[str] = knob(None, "openai backend for the evaluated models: server URL.")
     annotator: str = knob("anah-v2", "Sentence annotator for the ANAH score (anah-v2 = the official judge).")
-    annotator_model: Optional[str] = knob(None, "ANAH-v2 judge model path or served name (opencompass/anah-v2).")
+    annotator_model: str = knob("opencompass/anah-v2", "ANAH-v2 judge model path or served name.")
     annotator_backend: str = knob("lmdeploy", "Backend that runs the ANAH-v2 judge: lmdeploy, openai, hf.")
     annotator_base_url: Optional[str] = knob(None, "openai backend for the ANAH-v2 judge: server URL.")
+
+
+def _annotate_settings(settings: EndToEndSettings, samples: Path, questions: Path, out: Path):
+    from .annotate.run import AnnotateSettings
+
+    return AnnotateSettings(samples=samples, questions=questions, out=out, annotator=settings.annotator,
+                            backend=settings.annotator_backend, model=settings.annotator_model,
+                            batch_size=settings.batch_size, device=settings.device,
+                            base_url=settings.annotator_base_url)
 
 
 def _sample_settings(settings: EndToEndSettings, questions: Path, out: Path, model: str):
@@ -181,29 +188,6 @@ def _sample_settings(settings: EndToEndSettings, questions: Path, out: Path, mod
                           top_k=settings.top_k, temperature=settings.temperature,
                           max_new_tokens=settings.max_new_tokens, greedy=settings.greedy, seed=settings.seed,
                           batch_size=settings.batch_size, device=settings.device, base_url=settings.base_url)
-
-
-def annotate_resumable(samples: list[Sample], questions: dict[str, Question], annotator: Any, out: Path,
-                       batch_size: int = 16, progress: bool = True) -> list[Annotation]:
-    """Annotate the samples not yet in ``out`` (keyed by question id and sample index), batch by batch."""
-    from tqdm.auto import tqdm
-
-    from .jsonl import JsonlAppender
-
-    with JsonlAppender(out, key=lambda d: (str(d["question_id"]), int(d["sample_index"]))) as writer:
-        todo = [s for s in samples if s.key not in writer]
-        with tqdm(total=len(todo), desc="annotating", unit="sample", disable=not progress or not todo) as bar:
-            for start in range(0, len(todo), batch_size):
-                batch = todo[start:start + batch_size]
-                annotations = annotator.annotate(batch, questions)
-                if [a.key for a in annotations] != [s.key for s in batch]:
-                    raise RuntimeError(f"annotator {getattr(annotator, 'name', '?')} returned annotations for "
-                                       f"other samples than it was given")
-                for a in annotations:
-                    writer.write(a.to_dict())
-                bar.update(len(batch))
-    by_key = {a.key: a for a in load_jsonl(out, Annotation.from_dict)[0]}
-    return [by_key[s.key] for s in samples]
 
 
 def _runs_by_index(records: list, runs: int) -> list[list]:
@@ -240,10 +224,12 @@ def run_end_to_end(settings: EndToEndSettings, models: list[str], *, sampler: Ch
     """Sample, annotate and score each ``NAME=PATH`` model; write the report under ``settings.out``.
 
     Everything is written as it goes under ``OUT/<name>/`` and resumed on rerun.
+    Sampling and annotation are the pipeline's own stages
+    (:func:`maskdpo.sample.run_sampling`, :func:`maskdpo.annotate.run.run_annotation`).
     ``sampler`` / ``annotator`` / ``judge_backend`` replace the ones the
     settings name (tests pass small models and doubles).
     """
-    from .annotate.base import load_annotator
+    from .annotate.run import run_annotation
     from .sample import run_sampling
 
     pairs = validate_end_to_end(settings, models)
@@ -255,12 +241,6 @@ def run_end_to_end(settings: EndToEndSettings, models: list[str], *, sampler: Ch
     bio_qs = load_biography_prompts(settings.bio_entities, settings.limit) if do_facts else []
     write_jsonl(out / "anah-questions.jsonl", [q.to_dict() for q in anah_qs]) if do_anah else None
     write_jsonl(out / "bio-questions.jsonl", [q.to_dict() for q in bio_qs]) if do_facts else None
-    if do_anah and annotator is None:
-        options: dict[str, Any] = {"model": settings.annotator_model, "backend": settings.annotator_backend}
-        if settings.annotator_base_url:
-            options["base_url"] = settings.annotator_base_url
-        annotator = load_annotator(settings.annotator, **{k: v for k, v in options.items() if v is not None})
-
     anah_inputs: dict[str, list[list[Annotation]]] = {}
     fact_inputs: dict[str, list[tuple[str, list[Sample]]]] = {}
     for name, path in pairs:
@@ -270,12 +250,17 @@ def run_end_to_end(settings: EndToEndSettings, models: list[str], *, sampler: Ch
                 continue
             samples_path = folder / f"{kind}-samples.jsonl"
             run_sampling(_sample_settings(settings, questions_file, samples_path, path), backend=sampler)
-            samples = load_jsonl(samples_path, Sample.from_dict)[0]
+            # A folder reused with another --limit may hold more records: score this prompt set only.
+            wanted = {q.id for q in (anah_qs if kind == "anah" else bio_qs)}
             if kind == "anah":
-                annotations = annotate_resumable(samples, {q.id: q for q in anah_qs}, annotator,
-                                                 folder / "anah-annotations.jsonl", settings.batch_size, progress)
+                annotations_path = folder / "anah-annotations.jsonl"
+                run_annotation(_annotate_settings(settings, samples_path, questions_file, annotations_path),
+                               annotator=annotator)
+                annotations = [a for a in load_jsonl(annotations_path, Annotation.from_dict)[0]
+                               if a.question_id in wanted]
                 anah_inputs[name] = _runs_by_index(annotations, settings.runs)
             else:
+                samples = [s for s in load_jsonl(samples_path, Sample.from_dict)[0] if s.question_id in wanted]
                 fact_inputs[name] = [(f"{samples_path}#sample_index={j}", run)
                                      for j, run in enumerate(_runs_by_index(samples, settings.runs))]
     extra = {"models": [f"{n}={p}" for n, p in pairs]}
@@ -284,7 +269,3 @@ def run_end_to_end(settings: EndToEndSettings, models: list[str], *, sampler: Ch
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
-def read_report(path: str | os.PathLike) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))

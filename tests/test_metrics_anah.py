@@ -51,7 +51,8 @@ def test_nofact_counts_correct_by_default_and_policy_can_flip_it():
 
 
 def test_unparseable_answers_are_counted_and_keep_their_label():
-    raws = [{"unparseable": True, "answer": "???"}, "<No Hallucination>", {"unparseable": True}]
+    # the ANAH-v2 annotator names the turn whose answer failed: raw = {"answers": [...], "unparseable": "type"}
+    raws = [{"answers": ["<Facts>", "x", "???"], "unparseable": "type"}, "<No Hallucination>", {"unparseable": True}]
     score = anah_score([annotation(["unverifiable", "ok", "ok"], raws=raws)])
     assert score.unparseable == 2
     assert score.sentences == 3 and score.incorrect == 1

@@ -17,7 +17,7 @@ score *truncated* to two decimals, so :func:`truncate2` truncates, in exact
 integer arithmetic (no float error can move a boundary value).
 
 Unparseable judge answers: an annotator marks a sentence whose judge answer it
-could not parse with ``raw = {"unparseable": true, ...}`` (the label is then
+could not parse by setting ``raw["unparseable"]`` (to the judge turn that failed, or true; the label is then
 whatever its documented rule assigned). They are counted here, never dropped.
 
 Several runs of one model (different seeds) are reported as the mean and

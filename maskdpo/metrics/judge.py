@@ -72,7 +72,8 @@ class CachedJudge:
                 self.stats.cache_hits += 1
             elif key not in pending:
                 pending[key] = prompt
-        todo = list(pending.items())
+        # Similar lengths share a batch: less padding for backends that pad (hf), same answers.
+        todo = sorted(pending.items(), key=lambda kv: sum(len(m["content"]) for m in kv[1]))
         bar = None
         if progress and todo:
             from tqdm.auto import tqdm
