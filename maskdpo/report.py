@@ -13,7 +13,6 @@ per-run scores, and mean counts.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,16 +31,29 @@ class ModelResult:
     factscore: list[dict] = field(default_factory=list)
 
     def factscore_summary(self) -> dict | None:
-        """Mean (and spread, with several runs) of the FactScore run summaries."""
+        """Mean (and spread, with several runs) of the FactScore run summaries.
+
+        A run without any scored response (all abstained, say) has no score; it is
+        counted in ``runs`` and left out of the means (``scored_runs`` says how many count).
+        """
         if not self.factscore:
             return None
         runs = self.factscore
-        scores = [r["score"] for r in runs]
-        mean = (lambda key: statistics.fmean(r[key] for r in runs))
-        return {"runs": len(runs), "score": round(statistics.fmean(scores), 2),
-                "score_std": round(statistics.stdev(scores), 2) if len(runs) > 1 else 0.0,
-                "score_no_penalty": round(mean("score_no_penalty"), 2), "correct": mean("correct"),
-                "incorrect": mean("incorrect"), "respond_ratio": mean("respond_ratio"),
+        scored = [r for r in runs if r["score"] is not None]
+
+        def mean(key: str, digits: int | None = None) -> float | None:
+            values = [r[key] for r in scored if r[key] is not None]
+            if not values:
+                return None
+            m = statistics.fmean(values)
+            return round(m, digits) if digits is not None else m
+
+        return {"runs": len(runs), "scored_runs": len(scored), "score": mean("score", 2),
+                "score_std": round(statistics.stdev(r["score"] for r in scored), 2) if len(scored) > 1 else 0.0,
+                "score_no_penalty": mean("score_no_penalty", 2), "correct": mean("correct"),
+                "incorrect": mean("incorrect"),
+                "respond_ratio": statistics.fmean(r["respond_ratio"] for r in runs if r["respond_ratio"] is not None)
+                if any(r["respond_ratio"] is not None for r in runs) else None,
                 "facts_per_response": mean("facts_per_response"), "per_run": runs}
 
     def to_dict(self) -> dict:
@@ -57,13 +69,15 @@ def build_report(models: list[ModelResult], settings: dict | None = None) -> dic
 
 
 def _score_cell(summary: dict) -> str:
+    if summary["score"] is None:
+        return "–"
     if summary["runs"] > 1:
         return f"{summary['score']:.2f} ± {summary['score_std']:.2f}"
     return f"{summary['score']:.2f}"
 
 
-def _fact_count(value: float) -> str:
-    return "–" if math.isnan(value) else f"{value:.2f}"
+def _fact_count(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 def table1_markdown(report: dict) -> str:
@@ -80,10 +94,13 @@ def table1_markdown(report: dict) -> str:
         if a and a["unparseable"]:
             notes.append(f"{m['name']}: {format_count(a['unparseable'])} ANAH judge answers were unparseable "
                          f"(mean per run).")
-        if f:
+        if f and f["score"] is not None:
             notes.append(f"{m['name']}: FactScore respond ratio {f['respond_ratio']:.2f}, "
                          f"{f['facts_per_response']:.1f} facts per response, "
                          f"{f['score_no_penalty']:.2f} without the length penalty.")
+        elif f:
+            notes.append(f"{m['name']}: no FactScore: no response was scored (see report.json for abstentions, "
+                         f"responses without facts and missing articles).")
     legend = ("ANAH: sentences over all responses, #Inc = contradictory + unverifiable, "
               "%Score = 100 × #Cor / N truncated to two decimals. "
               "FactScore: supported / unsupported facts per response; %Score = mean per-response score "
@@ -106,10 +123,11 @@ def plot_scores(report: dict, path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(models) + 2), 3.6), dpi=120)
     for j, (key, label) in enumerate(metrics):
         xs = [i + (j - (len(metrics) - 1) / 2) * width for i in range(len(models))]
-        values = [m[key]["score"] if m[key] else 0.0 for m in models]
-        errors = [m[key]["score_std"] if m[key] else 0.0 for m in models]
+        present = [bool(m[key]) and m[key]["score"] is not None for m in models]
+        values = [m[key]["score"] if ok else 0.0 for m, ok in zip(models, present)]
+        errors = [m[key]["score_std"] if ok else 0.0 for m, ok in zip(models, present)]
         bars = ax.bar(xs, values, width, yerr=errors, capsize=3, label=label)
-        ax.bar_label(bars, labels=[f"{v:.2f}" if m[key] else "" for v, m in zip(values, models)], fontsize=7)
+        ax.bar_label(bars, labels=[f"{v:.2f}" if ok else "" for v, ok in zip(values, present)], fontsize=7)
     ax.set_xticks(range(len(models)), [m["name"] for m in models])
     ax.set_ylabel("score")
     ax.set_ylim(0, 112)  # room for the value labels
@@ -128,6 +146,6 @@ def write_report(out_dir: str | Path, models: list[ModelResult], settings: dict 
     report = build_report(models, settings)
     paths = {"markdown": out / f"{stem}.md", "json": out / f"{stem}.json", "png": out / f"{stem}.png"}
     paths["markdown"].write_text(table1_markdown(report), encoding="utf-8")
-    paths["json"].write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    paths["json"].write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n", encoding="utf-8")
     plot_scores(report, paths["png"])
     return paths

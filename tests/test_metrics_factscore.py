@@ -172,3 +172,12 @@ def test_interrupted_cache_resumes_without_repaying(tmp_path):
     assert answers == [f"- fact {i}." for i in range(6)]
     assert j2.stats.calls == 2 and j2.stats.cache_hits == 4
     j2.close()
+
+
+def test_all_abstained_has_no_score_and_valid_summary(wiki_db):
+    judge = CachedJudge(ScriptedJudgeDouble())
+    items = [FactItem("x#0", "Ada Lovelace", "I'm sorry, I cannot provide information about that."),
+             FactItem("x#1", "Ada Lovelace", "")]
+    s = factscore(items, judge, wiki_db, BM25Retriever(), progress=False).summary()
+    assert s["score"] is None and s["respond_ratio"] == 0.0 and s["abstained"] == 2
+    assert judge.stats.calls == 0

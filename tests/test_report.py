@@ -48,3 +48,12 @@ def test_duplicate_model_names_rejected():
     m = models()[0]
     with pytest.raises(ValueError, match="unique"):
         build_report([m, m])
+
+
+def test_model_without_any_scored_factscore_response(tmp_path):
+    empty = {"score": None, "score_no_penalty": None, "correct": None, "incorrect": None, "respond_ratio": 0.0,
+             "facts_per_response": None}
+    paths = write_report(tmp_path, [ModelResult("silent", factscore=[empty])])
+    md = paths["markdown"].read_text()
+    assert "| silent | – | – | – | – | – | – |" in md and "no FactScore" in md
+    assert json.loads(paths["json"].read_text())["models"][0]["factscore"]["scored_runs"] == 0

@@ -190,16 +190,20 @@ class FactScoreResult:
         return [r for r in self.responses if r.status == "scored"]
 
     def summary(self) -> dict:
+        """Aggregates; a value with nothing to average over (no scored response) is None."""
         scored = self._scored()
         n = len(self.responses)
         counts = {s: sum(r.status == s for r in self.responses) for s in ("scored", "abstained", "no_facts", "missing_article")}
-        mean = (lambda xs: statistics.fmean(xs) if xs else float("nan"))
         total_facts = sum(len(r.facts) for r in scored)
+
+        def mean(xs: list[float], scale: float = 1.0) -> float | None:
+            return round(scale * statistics.fmean(xs), 2) if xs else None
+
         return {
-            "score": round(100 * mean([r.score for r in scored]), 2),  # the FactScore
-            "score_no_penalty": round(100 * mean([r.raw_score for r in scored]), 2),
-            "pooled_support_ratio": round(100 * sum(sum(r.supported) for r in scored) / total_facts, 2) if total_facts else float("nan"),
-            "respond_ratio": (n - counts["abstained"]) / n if n else float("nan"),
+            "score": mean([r.score for r in scored], 100),  # the FactScore
+            "score_no_penalty": mean([r.raw_score for r in scored], 100),
+            "pooled_support_ratio": round(100 * sum(sum(r.supported) for r in scored) / total_facts, 2) if total_facts else None,
+            "respond_ratio": (n - counts["abstained"]) / n if n else None,
             "facts_per_response": mean([len(r.facts) for r in scored]),
             "correct": mean([sum(r.supported) for r in scored]),  # #Cor: supported facts per response
             "incorrect": mean([len(r.facts) - sum(r.supported) for r in scored]),  # #Inc
