@@ -172,3 +172,15 @@ def test_packed_rows_keep_xtuner_layout_and_carry_pair_ids(tmp_path, tokenizer):
     batch = maskdpo_collate_fn([row], use_varlen_attn=True)
     assert batch["data_samples"]["pair_ids"] == row["pair_ids"]
     assert batch["data"]["labels"].shape == (1, len(row["input_ids"]))
+
+
+def test_all_correct_chosen_and_all_hallucinated_rejected_is_plain_dpo(tmp_path, tokenizer):
+    records = pair_records()
+    for r in records:
+        r["chosen_item"]["type"] = ["no_hallucination"] * len(r["chosen_item"]["type"])
+        r["rejected_item"]["type"] = ["hallucination"] * len(r["rejected_item"]["type"])
+    path = str(write_pairs(tmp_path / "p.jsonl", records=records))
+    both = build_maskdpo_dataset(path, tokenizer, max_length=512, mask="both")
+    none = build_maskdpo_dataset(path, tokenizer, max_length=512, mask="none")
+    assert [b["chosen_labels"] for b in both] == [n["chosen_labels"] for n in none]
+    assert [b["rejected_labels"] for b in both] == [n["rejected_labels"] for n in none]

@@ -217,3 +217,57 @@ def test_mismatching_cache_is_an_error(tiny_llama_dir, cache_setup, tokenizer):
     (folder / "other_ref.jsonl").write_text("\n".join([json.dumps(meta), *rest]) + "\n")
     with pytest.raises(RefCacheMismatch, match="some/other-model"):
         _cached_and_live(tiny_llama_dir, folder / "other_ref.jsonl")
+
+
+# ---------------------------------------------------------------- training-step properties
+
+
+def test_every_policy_parameter_changes_after_a_step(policy_and_reference, batches):
+    ours_model, _ = _models(*policy_and_reference)
+    before = {n: p.detach().clone() for n, p in ours_model.llm.named_parameters()}
+    optim = torch.optim.AdamW(ours_model.llm.parameters(), lr=1e-3)
+    _run(ours_model, batches["both"])["loss"].backward()
+    optim.step()
+    unchanged = [n for n, p in ours_model.llm.named_parameters() if torch.equal(p, before[n])]
+    assert not unchanged
+    assert all(not p.requires_grad for p in ours_model.ref_llm.parameters())
+
+
+def test_one_batch_of_four_equals_four_accumulated_batches_of_one(policy_and_reference, tokenizer, tmp_path):
+    """The loss is a mean over pairs: batch 4 x accumulation 1 == batch 1 x accumulation 4 (mmengine divides by 4)."""
+    from maskdpo.xtuner.dataset import build_maskdpo_dataset, maskdpo_collate_fn
+
+    ds = build_maskdpo_dataset(str(write_pairs(tmp_path / "p.jsonl")), tokenizer, max_length=512)
+    ours_model, _ = _models(*policy_and_reference)
+    _run(ours_model, maskdpo_collate_fn([ds[i] for i in range(4)]))["loss"].backward()
+    whole = {n: p.grad.clone() for n, p in ours_model.llm.named_parameters()}
+    ours_model.zero_grad()
+    for i in range(4):
+        (_run(ours_model, maskdpo_collate_fn([ds[i]]))["loss"] / 4).backward()
+    for n, p in ours_model.llm.named_parameters():
+        torch.testing.assert_close(p.grad, whole[n], atol=1e-6, rtol=1e-4)
+
+
+def test_packed_rows_give_the_same_sums_as_padded_rows(policy_and_reference, batches):
+    """XTuner's packed layout (one row, cumulative lengths; a trailing sequence-parallel pad) splits
+    back into the same per-sequence sums. The packed forward itself needs flash-attention (GPU)."""
+    from mmengine import MessageHub
+
+    ours_model, _ = _models(*policy_and_reference)
+    labels = batches["both"]["data"]["labels"]  # (4 pairs x 2 rows, T), right-padded with -100
+    lengths = batches["both"]["data"]["attention_mask"].sum(-1).tolist()
+    g = torch.Generator().manual_seed(0)
+    token_logps = torch.randn(labels.shape, generator=g) * (labels != -100)
+    padded_sums, padded_counts = ours_model._sequence_sums(token_logps, labels != -100, None)
+
+    pad = 5  # sequence-parallel padding at the end of the packed row
+    packed_logps = torch.cat([token_logps[i, :n] for i, n in enumerate(lengths)] + [torch.zeros(pad)])[None]
+    packed_mask = torch.cat([(labels[i, :n] != -100) for i, n in enumerate(lengths)] + [torch.zeros(pad, dtype=bool)])[None]
+    cu = torch.tensor([0] + lengths + [pad]).cumsum(0)
+    MessageHub.get_instance("varlen_attn_args").update_info("cumulative_len_rank_0", cu)
+    ours_model.use_varlen_attn = True
+    attention_mask = torch.ones(1, packed_logps.shape[1], dtype=bool)
+    attention_mask[:, -pad:] = False
+    sums, counts = ours_model._sequence_sums(packed_logps, packed_mask, attention_mask)
+    torch.testing.assert_close(sums, padded_sums)
+    assert torch.equal(counts, padded_counts)
