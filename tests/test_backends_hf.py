@@ -134,3 +134,27 @@ def test_smollm2_samples_reproducibly_with_the_paper_decoding(smollm2_model_dir)
     assert second[0] == first[1]
     assert backend.chat_template_meta["sha256"] == template_sha256(backend.tokenizer.chat_template)
     assert "<|im_start|>" in backend.tokenizer.chat_template  # SmolLM2's ChatML, not the tiny model's template
+
+
+def test_shared_prefix_prefill_gives_the_same_samples(tiny_llama_dir, tiny):
+    plain = load_backend("hf", str(tiny_llama_dir), device="cpu", batch_size=4, share_prefix=False)
+    long_doc = "Reference: Ada Lovelace was born in London in 1815 and worked with Charles Babbage. " * 2
+    requests = [GenerationRequest([{"role": "user", "content": long_doc + f"Sentence {i}: she was born."}], n=2, seed=i)
+                for i in range(3)] + [GenerationRequest(EIFFEL, n=2, seed=9)]
+    assert tiny.generate(requests, PAPER) == plain.generate(requests, PAPER)
+    greedy = Decoding.greedy(6)
+    assert tiny.generate(requests, greedy) == plain.generate(requests, greedy)
+
+
+def test_shared_prefix_groups():
+    from maskdpo.backends.hf import shared_prefix_groups
+
+    system = list(range(100, 120))
+    a, b = system + [1] * 40, system + [2] * 40
+    rows = [a + [7, 8], b + [5], a + [9], a + [7, 8], b + [6, 6]]
+    groups = shared_prefix_groups(rows, min_shared=16)
+    assert sorted(m for _, m in groups) == [[0, 2, 3], [1, 4]]  # not merged over the shared system prompt
+    for plen, members in groups:
+        assert all(rows[r][:plen] == rows[members[0]][:plen] and len(rows[r]) > plen for r in members)
+    assert dict((tuple(m), p) for p, m in groups)[(0, 2, 3)] == 60
+    assert shared_prefix_groups([[1, 2, 3]], 16) == [(2, [0])]  # a lone row keeps its last token

@@ -101,18 +101,63 @@ def check_processors(processors: Sequence[Any], decoding: Decoding) -> None:
         raise DecodingMismatch(f"transformers built {built} for {decoding.to_dict()}; expected exactly {expected}")
 
 
+def shared_prefix_groups(ids: list[list[int]], min_shared: int) -> list[tuple[int, list[int]]]:
+    """Group rows that share a token prefix: [(prefix length, row indices)], every row in one group.
+
+    Rows are sorted; a row joins the previous row's group when their common
+    prefix is at least ``min_shared`` tokens and at least half the group's
+    current prefix (so two samples' prompts that share only the system prompt
+    stay apart). The prefix of a sorted group is the smallest common prefix of
+    neighbours, and it always leaves each row at least one token of its own.
+    """
+    def common(a: list[int], b: list[int]) -> int:
+        k = 0
+        for x, y in zip(a, b):
+            if x != y:
+                break
+            k += 1
+        return k
+
+    order = sorted(range(len(ids)), key=lambda i: ids[i])
+    groups: list[tuple[int, list[int]]] = []
+    members, plen = [order[0]], len(ids[order[0]])
+    for i in order[1:]:
+        shared = min(plen, common(ids[members[-1]], ids[i]))
+        if shared >= min_shared and shared * 2 >= plen:
+            members.append(i)
+            plen = shared
+        else:
+            groups.append((plen, members))
+            members, plen = [i], len(ids[i])
+    groups.append((plen, members))
+    return [(max(0, min([plen] + [len(ids[r]) - 1 for r in m])), sorted(m)) for plen, m in groups]
+
+
+def _copy_cache(cache: Any, index: Any) -> Any:
+    """A DynamicCache whose row r is row ``index[r]`` of ``cache`` (one prefix KV per group → one per row)."""
+    from transformers import DynamicCache
+
+    layers = cache.to_legacy_cache() if hasattr(cache, "to_legacy_cache") else cache
+    copied = DynamicCache()
+    for layer, (keys, values) in enumerate(layers):
+        copied.update(keys.index_select(0, index), values.index_select(0, index), layer)
+    return copied
+
+
 class HFBackend:
     """transformers ``generate`` with the model's own chat template.
 
     Options: ``device`` ("auto" = cuda when available), ``dtype`` ("auto" =
     bfloat16 on GPU, float32 on CPU), ``batch_size`` (prompts per ``generate``
-    call; rows = prompts × n).
+    call; rows = prompts × n), ``share_prefix`` (prefill a prompt prefix shared
+    by several rows once: see :func:`shared_prefix_groups`; off = plain
+    ``num_return_sequences=n``), ``min_shared_prefix`` (tokens).
     """
 
     name = "hf"
 
     def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto", batch_size: int = 8,
-                 trust_remote_code: bool = False):
+                 share_prefix: bool = True, min_shared_prefix: int = 16, trust_remote_code: bool = False):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -120,6 +165,8 @@ class HFBackend:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = str(model)
         self.batch_size = batch_size
+        self.share_prefix = share_prefix
+        self.min_shared_prefix = min_shared_prefix
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         if dtype == "auto":
             torch_dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
@@ -176,12 +223,7 @@ class HFBackend:
             del self.lm._get_logits_processor  # back to the class method
 
     def _generate_chunk(self, chunk: Sequence[GenerationRequest], n: int, decoding: Decoding) -> list[list[str]]:
-        import torch
-
         prompts = [render_prompt(self.tokenizer, r.messages) for r in chunk]
-        # The rendered template already carries BOS and other special tokens.
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
-                             return_token_type_ids=False).to(self.device)
         sample = decoding.do_sample
         rows = n if sample else 1  # greedy: one decode, copied n times
         seeds = None
@@ -191,13 +233,66 @@ class HFBackend:
                 if r.seed is None:
                     raise ValueError("the hf backend needs a seed for every sampled request (reproducibility)")
                 seeds.extend(replica_seeds(r.seed, n))
+        if self.share_prefix:
+            texts = self._generate_shared([p for p in prompts for _ in range(rows)], decoding, seeds)
+        else:
+            texts = self._generate_plain(prompts, rows, decoding, seeds)
+        return [[texts[i * rows + (j if sample else 0)].strip() for j in range(n)] for i in range(len(chunk))]
+
+    def _generate(self, decoding: Decoding, seeds: list[int] | None, rows: int, **inputs: Any):
+        import torch
+
         config = self.generation_config(decoding, rows)
         extra = {"use_model_defaults": False} if self._takes_use_model_defaults else {}
         with self._processor_hook(decoding, seeds), torch.no_grad():
-            out = self.lm.generate(**enc, generation_config=config, **extra)
-        new_tokens = out[:, enc["input_ids"].shape[1]:]  # (len(chunk) × rows, T_new)
-        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        return [[texts[i * rows + (j if sample else 0)].strip() for j in range(n)] for i in range(len(chunk))]
+            return self.lm.generate(**inputs, generation_config=config, **extra)
+
+    def _generate_plain(self, prompts: list[str], rows: int, decoding: Decoding, seeds: list[int] | None) -> list[str]:
+        """Left-padded batch, ``num_return_sequences=rows``: every row is prefilled in full."""
+        # The rendered template already carries BOS and other special tokens.
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
+                             return_token_type_ids=False).to(self.device)
+        out = self._generate(decoding, seeds, rows, **enc)
+        return self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def _generate_shared(self, prompts: list[str], decoding: Decoding, seeds: list[int] | None) -> list[str]:
+        """One row per prompt; a prefix shared by several rows is prefilled once and its KV cache copied.
+
+        Rows are laid out as [left pad | group prefix | pad | own suffix] with
+        attention mask 0 on pads; positions come from the mask's cumulative
+        sum, so every real token sits where it would without sharing.
+        """
+        import torch
+
+        pad = self.tokenizer.pad_token_id
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        groups = shared_prefix_groups(ids, self.min_shared_prefix)
+        group_of = [0] * len(ids)
+        prefix_len = [0] * len(ids)
+        for g, (plen, members) in enumerate(groups):
+            for r in members:
+                group_of[r], prefix_len[r] = g, plen
+        width = max(plen for plen, _ in groups)
+
+        def left_pad(seqs: list[list[int]], length: int) -> tuple[Any, Any]:
+            tokens = torch.tensor([[pad] * (length - len(x)) + x for x in seqs], dtype=torch.long)
+            mask = torch.tensor([[0] * (length - len(x)) + [1] * len(x) for x in seqs], dtype=torch.long)
+            return tokens.to(self.device), mask.to(self.device)
+
+        prefix_ids, prefix_mask = left_pad([ids[members[0]][:plen] for plen, members in groups], width)
+        positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            cached = self.lm(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=positions,
+                             use_cache=True).past_key_values
+        index = torch.tensor(group_of, device=self.device)
+        cache = _copy_cache(cached, index)
+        suffixes = [ids[r][prefix_len[r]:] for r in range(len(ids))]
+        suffix_ids, suffix_mask = left_pad(suffixes, max(len(x) for x in suffixes))
+        input_ids = torch.cat([prefix_ids.index_select(0, index), suffix_ids], dim=1)
+        attention_mask = torch.cat([prefix_mask.index_select(0, index), suffix_mask], dim=1)
+        out = self._generate(decoding, seeds, 1, input_ids=input_ids, attention_mask=attention_mask,
+                             past_key_values=cache)
+        return self.tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
 
     # ------------------------------------------------------------------ interface
 
