@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from .backends.base import ChatBackend, Decoding, load_backend
-from .jsonl import load_jsonl, write_jsonl
+from .jsonl import RecordError, iter_jsonl, load_jsonl, write_jsonl
 from .labels import LabelPolicy
 from .metrics.anah import anah_runs
 from .metrics.factscore import factscore, items_from_samples
@@ -68,6 +68,23 @@ def load_topic_questions(paths: list[Path]) -> dict[str, Question]:
     return questions
 
 
+def load_annotations(path: Path) -> list[Annotation]:
+    """Annotation records; a file of unannotated samples gets a hint instead of a bare field error."""
+    try:
+        return load_jsonl(path, Annotation.from_dict)[0]
+    except RecordError as exc:
+        if exc.field in ("format", "sentences") and _first_format(path) in ("maskdpo/sample@1", None):
+            raise ValueError(f"{exc}\n{path} holds samples, not annotations: label them first with "
+                             f"`maskdpo annotate` (ANAH-v2 judge), or use `maskdpo eval run`") from None
+        raise
+
+
+def _first_format(path: Path) -> str | None:
+    for obj in iter_jsonl(path, skip_invalid=True):
+        return obj.get("format")
+    return None
+
+
 def make_judge(settings: ScoreSettings, backend: ChatBackend | None = None) -> CachedJudge:
     if backend is None:
         if not settings.judge_model:
@@ -108,7 +125,7 @@ def score_files(settings: ScoreSettings, anah: list[str], facts: list[str], ques
     anah_inputs = {}
     for spec in anah:
         name, files = parse_spec(spec)
-        anah_inputs[name] = [load_jsonl(f, Annotation.from_dict)[0] for f in files]
+        anah_inputs[name] = [load_annotations(f) for f in files]
     fact_inputs = {}
     for spec in facts:
         name, files = parse_spec(spec)

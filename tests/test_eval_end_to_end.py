@@ -113,3 +113,31 @@ def _without_judge_stats(report):
             for run in m["factscore"]["per_run"]:
                 run.pop("judge", None)
     return report["models"]
+
+
+def test_eval_run_command(tmp_path, prompt_sets, tiny_llama_dir, monkeypatch):
+    """`maskdpo eval run` end to end through the CLI, judges registered as doubles."""
+    import torch
+    from click.testing import CliRunner
+
+    from maskdpo.annotate import base as annotators
+    from maskdpo.backends import base as backends
+    from maskdpo.cli import main
+
+    torch.set_num_threads(1)
+    monkeypatch.setitem(annotators.ANNOTATORS, "anah-annotator-double", "tests.doubles.judge_anah:AnahAnnotatorDouble")
+    monkeypatch.setitem(backends.BACKENDS, "scripted-judge-double", "tests.doubles.judge_scripted:ScriptedJudgeDouble")
+    anah, entities, db = prompt_sets
+    out = tmp_path / "cli"
+    args = ["eval", "run", "--model", f"tiny={tiny_llama_dir}", "--anah-questions", str(anah),
+            "--bio-entities", str(entities), "--wiki-db", str(db), "--limit", "2", "--no-greedy",
+            "--temperature", "1.0", "--max-new-tokens", "16", "--device", "cpu",
+            "--annotator", "anah-annotator-double", "--judge-backend", "scripted-judge-double", "--judge-model", "j",
+            "--out", str(out)]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "| tiny |" in result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["models"] == [f"tiny={tiny_llama_dir}"]
+    assert report["models"][0]["factscore"]["per_run"][0]["responses"] == 2
+    assert (out / "report.png").exists() and (out / "eval-settings.json").exists()

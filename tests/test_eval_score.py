@@ -93,3 +93,10 @@ def test_bad_annotation_line_names_file_and_line(files):
     result = CliRunner().invoke(main, ["eval", "score", "--metric", "anah", "--out", str(files / "o"),
                                        "--anah", f"m={path}"])
     assert result.exit_code != 0 and "broken.jsonl:2: field" in result.output
+
+
+def test_samples_given_as_annotations_get_a_hint(files):
+    result = CliRunner().invoke(main, ["eval", "score", "--metric", "anah", "--out", str(files / "o"),
+                                       "--anah", f"m={files / 'base.bio.jsonl'}"])
+    assert result.exit_code != 0
+    assert "base.bio.jsonl:1: field 'format'" in result.output and "maskdpo annotate" in result.output

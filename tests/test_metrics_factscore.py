@@ -181,3 +181,21 @@ def test_all_abstained_has_no_score_and_valid_summary(wiki_db):
     s = factscore(items, judge, wiki_db, BM25Retriever(), progress=False).summary()
     assert s["score"] is None and s["respond_ratio"] == 0.0 and s["abstained"] == 2
     assert judge.stats.calls == 0
+
+
+def test_embedding_retriever_with_a_local_encoder(tiny_llama_dir):
+    import torch
+
+    from maskdpo.metrics.retrieval import CombinedRetriever, EmbeddingRetriever
+
+    torch.set_num_threads(1)
+    passages = ["Ada Lovelace was born in London.", "The Analytical Engine was a machine.",
+                "Marie Curie won two Nobel Prizes."]
+    emb = EmbeddingRetriever(str(tiny_llama_dir))
+    vectors = emb.embed(passages)
+    assert vectors.shape[0] == 3 and torch.allclose(vectors.norm(dim=-1), torch.ones(3))
+    # a query identical to a passage has cosine 1 with it: it must rank first
+    for p in passages:
+        assert emb.retrieve("t", p, passages, k=1) == [p]
+    both = CombinedRetriever(BM25Retriever(), emb).retrieve("t", passages[2], passages, k=2)
+    assert both[0] == passages[2] and len(set(both)) == 2
