@@ -141,3 +141,26 @@ def test_eval_run_command(tmp_path, prompt_sets, tiny_llama_dir, monkeypatch):
     assert report["settings"]["models"] == [f"tiny={tiny_llama_dir}"]
     assert report["models"][0]["factscore"]["per_run"][0]["responses"] == 2
     assert (out / "report.png").exists() and (out / "eval-settings.json").exists()
+
+
+def test_unparseable_answers_of_the_real_anah_v2_annotator_are_counted(tmp_path, prompt_sets, tiny_llama_dir,
+                                                                        monkeypatch):
+    """The ANAH-v2 annotator (real protocol code) on a judge whose every answer is unparseable."""
+    import torch
+
+    from maskdpo.backends import base as backends
+
+    torch.set_num_threads(1)
+    monkeypatch.setitem(backends.BACKENDS, "constant-judge-double",
+                        "tests.doubles.judge_scripted:ConstantAnswerJudgeDouble")
+    anah, _, _ = prompt_sets
+    settings = EndToEndSettings(out=tmp_path / "o", metric="anah", anah_questions=anah, limit=2, greedy=False,
+                                temperature=1.0, max_new_tokens=16, device="cpu", annotator="anah-v2",
+                                annotator_backend="constant-judge-double", annotator_model="judge")
+    paths = run_end_to_end(settings, [f"tiny={tiny_llama_dir}"], progress=False)
+    anah_result = json.loads(paths["json"].read_text())["models"][0]["anah"]
+    run = anah_result["per_run"][0]
+    assert run["sentences"] > 0
+    assert run["unparseable"] == run["sentences"]  # every sentence flagged by the annotator, and counted
+    assert run["label_counts"]["unverifiable"] == run["sentences"] and anah_result["score"] == 0.0
+    assert "ANAH judge answers were unparseable" in paths["markdown"].read_text()

@@ -62,3 +62,17 @@ class ScriptedJudgeDouble:
         if sentence in self.fact_overrides:
             return self.fact_overrides[sentence]
         return f"- {sentence}"
+
+
+@dataclass
+class ConstantAnswerJudgeDouble:
+    """A judge double that gives every prompt the same answer (default: one no judge protocol can parse)."""
+
+    model: str = "constant-answer-judge-double"
+    answer: str = "I am not sure."
+    name: str = "constant-answer-judge-double"
+    prompts: list[str] = field(default_factory=list)
+
+    def generate(self, requests: Sequence[GenerationRequest], decoding: Decoding) -> list[list[str]]:
+        self.prompts.extend(r.messages[-1]["content"] for r in requests)
+        return [[self.answer] * r.n for r in requests]
