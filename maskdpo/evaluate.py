@@ -48,7 +48,7 @@ class ScoreSettings:
     passages: int = knob(5, "FactScore: passages retrieved per fact.")
     retriever: Literal["bm25", "embedding", "bm25+embedding"] = knob("bm25", "FactScore passage retriever.")
     embedding_model: Optional[str] = knob(None, "Encoder model path for the embedding retriever.")
-    device: str = knob("auto", "hf judge backend: auto, cpu or cuda.")
+    device: str = knob("auto", "hf backend (judge, and with `eval run` the evaluated models): auto, cpu or cuda.")
 
 
 def parse_spec(spec: str) -> tuple[str, list[Path]]:
