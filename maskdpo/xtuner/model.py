@@ -52,7 +52,7 @@ class MaskDPO(DPO):
     """Mask-DPO for XTuner configs.
 
     Args:
-        llm: the policy (config dict or module), as for XTuner's ``DPO``.
+        llm: the policy's config dict, as for XTuner's ``DPO`` (XTuner 0.2.0 cannot take a built module).
         ref_llm: the frozen reference; ``None`` = a copy of the initial policy
             (or the adapter-disabled policy with LoRA), as in XTuner.
         beta, loss_type, label_smoothing: as XTuner's ``DPO`` (the paper: 0.1, sigmoid, 0).
