@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from ..jsonl import FieldError, RecordError
-from ..masking import MASK_MODES, check_mask_mode  # noqa: F401 - MASK_MODES re-exported for configs and docs
+from ..masking import check_mask_mode
 from ..records import Pair
 
 ENCODE_BATCH = 256  # pairs per tokenizer call
