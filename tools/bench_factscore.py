@@ -121,10 +121,10 @@ def main() -> None:
             seconds = time.perf_counter() - start
             judge.close()
             calls.append(judge.stats.calls)
-            n_facts = summary["facts_per_response"] * summary["scored"] if summary["scored"] else 0
-            print(f"{label:<24}{judge.stats.calls:>12}{judge.stats.cache_hits:>11}{seconds:>9.1f}{n_facts:>7.0f}"
-                  f"{summary['score']:>8.2f}{summary['malformed_split']:>10}{summary['malformed_support']:>12}",
-                  flush=True)
+            n_facts = round(summary["facts_per_response"] * summary["scored"]) if summary["scored"] else 0
+            score = "–" if summary["score"] is None else f"{summary['score']:.2f}"  # None: no response scored
+            print(f"{label:<24}{judge.stats.calls:>12}{judge.stats.cache_hits:>11}{seconds:>9.1f}{n_facts:>7}"
+                  f"{score:>8}{summary['malformed_split']:>10}{summary['malformed_support']:>12}", flush=True)
         print(f"cached rerun judge calls: {calls[1]} (target 0)")
         db.close()
 
