@@ -54,6 +54,15 @@ def test_quick_demo_shows_the_reliable_directions_of_the_effect(quick_demo):
     # Sampled ANAH score (8 answers per question, top-k 40, T 0.8).
     assert m["maskdpo"]["train"]["anah"] > m["base"]["train"]["anah"]
     assert m["maskdpo"]["test"]["anah"] > m["base"]["test"]["anah"]  # unseen people
+    for split in ("train", "test"):  # not by saying less: fact precision rises too
+        assert m["maskdpo"][split]["fact_precision"] > m["base"][split]["fact_precision"]
+
+
+@pytest.mark.xfail(strict=False, reason="Mask-DPO's lead over DPO is not reliable at the quick size: in the 3-seed "
+                                        "check it is within the seed spread (docs/bench/toyworld.md)")
+def test_quick_demo_mask_dpo_beats_dpo_on_training_questions(quick_demo):
+    out, _, _, _ = quick_demo
+    m = json.loads((out / "report.json").read_text())["per_seed"][0]["models"]
     assert m["maskdpo"]["train"]["anah"] > m["dpo"]["train"]["anah"]
 
 

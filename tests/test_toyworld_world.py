@@ -1,4 +1,7 @@
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -15,6 +18,17 @@ def test_same_seed_same_world_and_different_seed_different_world():
     assert generate_world(WorldSettings(seed=4)).to_dict() != a.to_dict()
     corpus_a = [(q.id, text) for q, text in training_corpus(a, 2, seed=1)]
     assert corpus_a == [(q.id, text) for q, text in training_corpus(b, 2, seed=1)]
+
+
+def test_same_seed_same_world_across_processes():
+    """String hashing is randomised per process; nothing may depend on set or dict-of-str order."""
+    code = ("import json; from maskdpo.toyworld.world import *; from maskdpo.tiny import train_tokenizer; "
+            "w = generate_world(WorldSettings(seed=7)); "
+            "tok = train_tokenizer([a for _, a in training_corpus(w, 2, seed=7)], vocab_size=400); "
+            "print(json.dumps([w.to_dict(), [q.to_dict() for q in w.questions], tok.get_vocab()], sort_keys=True))")
+    outputs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")]
+    assert outputs[0] == outputs[1] and len(outputs[0]) > 1000
 
 
 def test_save_and_load_round_trip(tmp_path):

@@ -203,7 +203,9 @@ def generate_world(settings: WorldSettings = WorldSettings()) -> World:
     while len(surnames) < settings.families:
         surnames.add(_name(rng, SURNAME_PARTS, SURNAME_ENDS))
     families, people = [], []
-    for surname in sorted(surnames, key=lambda s: rng.random()):
+    order = sorted(surnames)  # a set's order depends on PYTHONHASHSEED: sort before shuffling
+    rng.shuffle(order)
+    for surname in order:
         era = rng.randrange(YEAR_RANGE[0], YEAR_RANGE[1] - 30)
         typical = {"born": str(era), "city": rng.choice(CITIES), "profession": rng.choice(PROFESSIONS),
                    "instrument": rng.choice(INSTRUMENTS)}
