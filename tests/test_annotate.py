@@ -116,7 +116,7 @@ def test_prompt_override_file(tmp_path):
     data = json.loads(PROMPTS_PATH.read_text(encoding="utf-8"))
     data["version"] = "custom@2"
     data["languages"]["en"]["turns"][0]["answers"] = {"[NONE]": "nofact", "[SOME]": "next"}
-    data["languages"]["en"]["turns"][0]["template"] = "Sentence to check: {sentence}\n\nSay [NONE] or [SOME]."
+    data["languages"]["en"]["turns"][0]["template"] = "Say [NONE] or [SOME].\n\nSentence to check: {sentence}"
     path = tmp_path / "p.json"
     path.write_text(json.dumps(data))
     script = dict(SCRIPT, **{"Hello there!": ["[NONE]"],

@@ -6,7 +6,7 @@ answer per request with ``n=1``, order kept) and answers the three-turn
 protocol from a script: ``script[sentence]`` is the list of answers for turns
 1, 2, 3 of that sentence's conversation. The turn is the number of assistant
 messages already in the conversation; the sentence is read from the first
-user message (``Sentence to check: ...`` / ``待检查的句子：...``). Every call
+user message, where it comes last (``Sentence to check: ...`` / ``待检查的句子：...``). Every call
 is recorded, so tests can count judge calls per turn.
 """
 
@@ -18,7 +18,7 @@ from typing import Sequence
 
 from maskdpo.backends.base import Decoding, GenerationRequest
 
-SENTENCE_MARKERS = (re.compile(r"Sentence to check: (.*?)\n\n", re.S), re.compile(r"待检查的句子：(.*?)\n\n", re.S))
+SENTENCE_MARKERS = (re.compile(r"Sentence to check: (.*)\Z", re.S), re.compile(r"待检查的句子：(.*)\Z", re.S))
 
 
 def sentence_of(messages: list[dict]) -> str:
