@@ -57,7 +57,7 @@ def test_every_branch_in_english_and_chinese():
             assert s.raw["answers"] == SCRIPT[s.text][:len(s.raw["answers"])]
     assert en.sentences[-1].raw == {"answers": ["I am not sure what to say."], "unparseable": "facts"}
     assert annotator.stats["unparseable"] == 1 and annotator.stats["sentences"] == 9
-    assert en.annotator.startswith("anah-v2 prompts=maskdpo-anah-v2-prompts@1")
+    assert en.annotator.startswith("anah-v2 prompts=maskdpo-anah-v2-prompts@2")
     assert all(not d.do_sample for d in judge.decodings)  # greedy judge
 
 
