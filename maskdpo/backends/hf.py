@@ -267,6 +267,8 @@ class HFBackend:
         pad = self.tokenizer.pad_token_id
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         groups = shared_prefix_groups(ids, self.min_shared_prefix)
+        if any(plen == 0 for plen, _ in groups):  # a one-token prompt: nothing to share, nothing to cache
+            return self._generate_plain(prompts, 1, decoding, seeds)
         group_of = [0] * len(ids)
         prefix_len = [0] * len(ids)
         for g, (plen, members) in enumerate(groups):
