@@ -58,11 +58,11 @@ def test_quick_demo_shows_the_reliable_directions_of_the_effect(quick_demo):
         assert m["maskdpo"][split]["fact_precision"] > m["base"][split]["fact_precision"]
 
 
-@pytest.mark.xfail(strict=False, reason="Mask-DPO's lead over DPO is not reliable at the quick size: in the 3-seed "
-                                        "check it is within the seed spread (docs/bench/toyworld.md)")
 def test_quick_demo_mask_dpo_beats_dpo_on_training_questions(quick_demo):
     out, _, _, _ = quick_demo
     m = json.loads((out / "report.json").read_text())["per_seed"][0]["models"]
+    # Seed 0 is reproducible run to run (76.98 vs 71.97 when measured); over seeds the lead is
+    # about its own spread (docs/bench/toyworld.md), so this is the least robust assertion here.
     assert m["maskdpo"]["train"]["anah"] > m["dpo"]["train"]["anah"]
 
 
