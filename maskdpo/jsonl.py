@@ -53,8 +53,9 @@ def iter_jsonl(
     *,
     skip_invalid: bool = False,
     stats: ReadStats | None = None,
+    with_lines: bool = False,
 ) -> Iterator[T]:
-    """Yield ``parse(obj)`` for each non-blank line of ``path``.
+    """Yield ``parse(obj)`` for each non-blank line of ``path`` (``(line, parse(obj))`` with ``with_lines``).
 
     A malformed line raises :class:`RecordError` naming file, line and field;
     with ``skip_invalid`` it is counted in ``stats.skipped`` instead.
@@ -84,7 +85,7 @@ def iter_jsonl(
                 stats.skipped.append(exc)
                 continue
             stats.read += 1
-            yield record
+            yield (lineno, record) if with_lines else record
 
 
 def load_jsonl(

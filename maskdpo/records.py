@@ -13,6 +13,8 @@ or hand-written files) but a different kind or version is an error.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -367,12 +369,16 @@ def _response_text(d: dict, name: str) -> str:
     return messages[0]["content"]
 
 
-def parse_pair_line_ids(path: str) -> Any:
-    """A parser for :func:`maskdpo.jsonl.iter_jsonl` that names id-less (authors') pairs by file and line."""
-    counter = {"n": 0}
+def content_id(obj: dict) -> str:
+    """A stable id for a record without one (the authors' format): a hash of its content.
 
-    def parse(d: dict) -> Pair:
-        counter["n"] += 1
-        return Pair.from_dict(d, default_id=f"{path}#{counter['n']}")
+    Stable across files, line orders and runs, so a reference cache keyed by
+    pair id stays valid when a file is reordered or concatenated.
+    """
+    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return "sha1:" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
-    return parse
+
+def parse_pair(obj: dict) -> Pair:
+    """Our pair format, or the authors' (no ``id``: the id is :func:`content_id`)."""
+    return Pair.from_dict(obj, default_id=content_id(obj) if "id" not in obj else None)

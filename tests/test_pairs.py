@@ -163,7 +163,7 @@ def test_masks_command_names_a_sentence_not_in_the_response(tmp_path, smollm2_to
     path.write_text(json.dumps(d) + "\n")
     result = CliRunner().invoke(main, ["masks", "--pairs", str(path), "--tokenizer", str(smollm2_tokenizer_dir)])
     assert result.exit_code == 1
-    assert f"pair '{path}#1': rejected_item.sents[1]" in result.output and "does not contain" in result.output
+    assert f"{path}:1: pair 'sha1:" in result.output and "': rejected_item.sents[1]" in result.output and "does not contain" in result.output
 
 
 def test_build_pairs_tool_runs_as_a_script(tmp_path):

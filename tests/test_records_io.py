@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from maskdpo.jsonl import JsonlAppender, RecordError, load_jsonl
-from maskdpo.records import Annotation, Pair, Question, Sample, parse_pair_line_ids
+from maskdpo.records import Annotation, Pair, Question, Sample, parse_pair
 
 GOOD_ANNOTATION = {
     "question_id": "q1", "sample_index": 0, "messages": [{"role": "user", "content": "Who?"}],
@@ -98,11 +98,12 @@ def test_question_and_sample_errors(tmp_path):
         load_jsonl(path, Sample.from_dict)
 
 
-def test_authors_pairs_get_ids_from_file_and_line(tmp_path):
+def test_authors_pairs_get_ids_from_their_content(tmp_path):
     authors = {k: v for k, v in GOOD_PAIR.items() if k != "id"}
-    path = write_lines(tmp_path / "authors.jsonl", [authors, authors])
-    pairs, _ = load_jsonl(path, parse_pair_line_ids(str(path)))
-    assert [p.id for p in pairs] == [f"{path}#1", f"{path}#2"]
+    other = {**authors, "rejected": [{"role": "assistant", "content": "Something else."}]}
+    path = write_lines(tmp_path / "authors.jsonl", [authors, other, authors])
+    pairs, _ = load_jsonl(path, parse_pair)
+    assert pairs[0].id.startswith("sha1:") and pairs[0].id == pairs[2].id != pairs[1].id
     assert pairs[0].chosen_item.spans == [(0, 21)] and pairs[0].rejected_item.spans is None
 
 

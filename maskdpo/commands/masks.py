@@ -66,22 +66,26 @@ def masks(pairs_path: Path, tokenizer: str, max_length: int | None, mask: str, a
 
     from ..jsonl import ReadStats, RecordError, iter_jsonl
     from ..masking import AlignmentError, encode_pairs
-    from ..records import parse_pair_line_ids
+    from ..records import parse_pair
 
     tok = load_tokenizer(tokenizer)
     stats = ReadStats()
     try:
-        records = []
-        for pair in iter_jsonl(pairs_path, parse_pair_line_ids(str(pairs_path)), skip_invalid=skip_invalid, stats=stats):
+        records, lines = [], {}
+        for lineno, pair in iter_jsonl(pairs_path, parse_pair, skip_invalid=skip_invalid, stats=stats,
+                                       with_lines=True):
             if limit is not None and len(records) >= limit:
                 break
             records.append(pair)
+            lines.setdefault(pair.id, lineno)
         encoded = []
         with tqdm(total=len(records), desc="Tokenizing pairs", unit="pair", disable=len(records) < 2000) as bar:
             for start in range(0, len(records), 256):
                 encoded.extend(encode_pairs(tok, records[start:start + 256], max_length=max_length, mask=mask))
                 bar.update(len(records[start:start + 256]))
-    except (RecordError, AlignmentError, TypeError, ValueError) as exc:
+    except AlignmentError as exc:
+        raise click.ClickException(f"{pairs_path}:{lines.get(exc.pair_id, '?')}: {exc}") from None
+    except (RecordError, TypeError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     colour = sys.stdout.isatty()
     for pair, mp in zip(records, encoded):

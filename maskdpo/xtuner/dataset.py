@@ -24,22 +24,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from ..jsonl import FieldError, RecordError
-from ..masking import check_mask_mode
-from ..records import Pair
+from ..jsonl import ReadStats, iter_jsonl
+from ..masking import AlignmentError, check_mask_mode
+from ..records import Pair, parse_pair
 
 ENCODE_BATCH = 256  # pairs per tokenizer call
-
-
-def content_id(obj: dict) -> str:
-    """A stable id for a record without one (the authors' format): a hash of its content."""
-    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return "sha1:" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
-
-
-def parse_pair(obj: dict) -> Pair:
-    """Our pair format, or the authors' (no ``id``: the id is a hash of the record)."""
-    return Pair.from_dict(obj, default_id=content_id(obj) if "id" not in obj else None)
 
 
 def item_digest(item: dict) -> str:
@@ -140,9 +129,11 @@ def _encoded(pairs, tokenizer, max_length, mask, skip_invalid, report):
                 try:
                     one = encode_pair(tokenizer, pair, max_length=max_length, mask=mask)
                 except ValueError as exc:
+                    # AlignmentError names the pair already; other errors get its id here.
+                    message = f"{where}: {exc}" if isinstance(exc, AlignmentError) else f"{where}: pair {pair.id!r}: {exc}"
                     if not skip_invalid:
-                        raise ValueError(f"{where}: pair {pair.id!r}: {exc}") from exc
-                    report.reject("invalid pair", f"{where}: {exc}")
+                        raise ValueError(message) from exc
+                    report.reject("invalid pair", message)
                     continue
                 yield where, pair, one
 
@@ -159,32 +150,14 @@ def read_pairs(paths: str | os.PathLike | Sequence[str | os.PathLike], skip_inva
     for path in paths:
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no such pair file")
-        with open(path, encoding="utf-8") as handle:
-            for lineno, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    out.append((f"{path}:{lineno}", _parse_line(path, lineno, line)))
-                except RecordError as error:
-                    if not skip_invalid:
-                        raise
-                    if report is not None:
-                        report.read += 1
-                        report.reject("invalid record", str(error))
+        stats = ReadStats()
+        for lineno, pair in iter_jsonl(path, parse_pair, skip_invalid=skip_invalid, stats=stats, with_lines=True):
+            out.append((f"{path}:{lineno}", pair))
+        if report is not None:
+            for error in stats.skipped:
+                report.read += 1
+                report.reject("invalid record", str(error))
     return out
-
-
-def _parse_line(path: str | os.PathLike, lineno: int, line: str) -> Pair:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise RecordError(path, lineno, None, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(obj, dict):
-        raise RecordError(path, lineno, None, f"expected a JSON object, got {type(obj).__name__}")
-    try:
-        return parse_pair(obj)
-    except FieldError as exc:
-        raise RecordError(path, lineno, exc.field, exc.message) from None
 
 
 def build_maskdpo_dataset(
