@@ -20,12 +20,22 @@ def demo(**options) -> None:
     converts both, and scores base / DPO / Mask-DPO on fresh samples of the
     training questions and on held-out people. Writes report.md/json/png
     into --out and prints the table. A rerun with the same --out resumes.
+
+    --study topics instead trains Mask-DPO only, on equal-size pair subsets
+    drawn from 1/3, 2/3 and all of the families (the paper's Table 4: more
+    topics vs more questions per topic), and writes study-topics.md/json/png.
+    It reuses the demo's world, base policy and pairs when --out has them.
     """
     from ..toyworld.demo import run_demo
 
     settings = settings_from_options(DemoSettings, options)
     try:
-        paths = run_demo(settings)
+        if settings.study == "topics":
+            from ..toyworld.study import run_topic_study
+
+            paths = run_topic_study(settings)
+        else:
+            paths = run_demo(settings)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo("")
@@ -33,4 +43,7 @@ def demo(**options) -> None:
     click.echo("Outputs:")
     for name in ("markdown", "json", "png"):
         click.echo(f"  {paths[name]}")
-    click.echo(f"  {paths['markdown'].parent}/table1-train.*, table1-test.* (Table-1 files), seed-*/ (every stage)")
+    if settings.study == "topics":
+        click.echo(f"  {paths['markdown'].parent}/seed-*/study-topics/ (subsets, models, evaluation)")
+    else:
+        click.echo(f"  {paths['markdown'].parent}/table1-train.*, table1-test.* (Table-1 files), seed-*/ (every stage)")

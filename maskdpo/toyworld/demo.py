@@ -56,6 +56,10 @@ class DemoSettings:
     dpo_epochs: Optional[int] = knob(None, "Preference-training epochs over the pairs (default 4).")
     dpo_lr: Optional[float] = knob(None, "Preference-training learning rate (default 2e-4).")
     beta: float = knob(0.1, "DPO beta (paper: 0.1).")
+    study: Optional[Literal["topics"]] = knob(
+        None, "Run a study instead of the base/DPO/Mask-DPO comparison. 'topics': Mask-DPO on equal-size pair "
+              "subsets drawn from 1/3, 2/3 and all of the families (more topics vs more questions per topic, "
+              "paper Table 4); writes study-topics.{md,json,png}.")
 
 
 @dataclass(frozen=True)
@@ -246,11 +250,21 @@ def response_metrics(annotations: list) -> dict:
             "facts_per_response": facts / score.responses, "labels": counts}
 
 
-def run_seed(settings: DemoSettings, seed: int) -> dict:
-    import torch
+@dataclass(frozen=True)
+class Prepared:
+    """One seed's shared steps, done: the world, the base policy and the full pair set."""
 
-    from ..jsonl import load_jsonl
-    from ..records import Annotation
+    plan: Plan
+    folder: Path  # OUT/seed-S
+    world: Path
+    base: Path
+    pairs: Path
+    pair_stats: dict
+
+
+def prepare_seed(settings: DemoSettings, seed: int) -> Prepared:
+    """World, base policy, samples, oracle labels and pairs of one seed (each step resumable)."""
+    import torch
 
     torch.set_num_threads(settings.threads)
     plan = make_plan(settings, seed)
@@ -262,23 +276,36 @@ def run_seed(settings: DemoSettings, seed: int) -> dict:
     annotations = sample_and_annotate(base, folder / "questions-train.jsonl", world_path, folder, "",
                                       plan.samples, seed, plan)
     pairs, pair_stats = step_pairs(folder, annotations)
-    models = {"base": base}
+    return Prepared(plan, folder, world_path, base, pairs, pair_stats)
+
+
+def evaluate_model(prep: Prepared, name: str, model: Path, seed: int, eval_dir: Path) -> dict:
+    """``{split: response_metrics + annotations path}`` of fresh samples of ``model`` on both splits."""
+    from ..jsonl import load_jsonl
+    from ..records import Annotation
+
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    result = {}
+    for split in SPLITS:
+        # A seed apart from the pair-sampling seed: the training questions get fresh samples.
+        path = sample_and_annotate(model, prep.folder / f"questions-{split}.jsonl", prep.world,
+                                   eval_dir, f"{name}-{split}-", prep.plan.eval_samples, 10_000 + seed, prep.plan)
+        records, _ = load_jsonl(path, Annotation.from_dict)
+        result[split] = response_metrics(records)
+        result[split]["annotations"] = str(path)
+    return result
+
+
+def run_seed(settings: DemoSettings, seed: int) -> dict:
+    prep = prepare_seed(settings, seed)
+    models = {"base": prep.base}
     for kind in ("dpo", "maskdpo"):
-        models[kind] = step_train(plan, folder, kind, base, pairs, seed, settings)
-    scores: dict = {"seed": seed, "pairs": pair_stats, "models": {}}
-    eval_dir = folder / "eval"
-    eval_dir.mkdir(exist_ok=True)
+        models[kind] = step_train(prep.plan, prep.folder, kind, prep.base, prep.pairs, seed, settings)
+    scores: dict = {"seed": seed, "pairs": prep.pair_stats, "models": {}}
     for name, model in models.items():
-        scores["models"][name] = {}
-        for split in SPLITS:
-            # A seed apart from the pair-sampling seed: the training questions get fresh samples.
-            path = sample_and_annotate(model, folder / f"questions-{split}.jsonl", world_path,
-                                       eval_dir, f"{name}-{split}-", plan.eval_samples, 10_000 + seed, plan)
-            records, _ = load_jsonl(path, Annotation.from_dict)
-            scores["models"][name][split] = response_metrics(records)
-            scores["models"][name][split]["annotations"] = str(path)
-    (folder / "scores.json").write_text(json.dumps(scores, indent=1) + "\n")
-    write_settings(folder / "demo-settings.json", settings, plan=dataclasses.asdict(plan))
+        scores["models"][name] = evaluate_model(prep, name, model, seed, prep.folder / "eval")
+    (prep.folder / "scores.json").write_text(json.dumps(scores, indent=1) + "\n")
+    write_settings(prep.folder / "demo-settings.json", settings, plan=dataclasses.asdict(prep.plan))
     return scores
 
 

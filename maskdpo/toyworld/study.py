@@ -1,0 +1,299 @@
+"""``maskdpo demo --study topics``: more training topics vs more questions per topic, same number of pairs.
+
+The paper (Table 4) trains Mask-DPO on pairs from 894, 1,788 and 2,682 ANAH
+topics and finds the ANAH score rising with the number of topics (65.04 /
+71.56 / 77.53): breadth of topics helps more than depth. Here a **topic is a
+family**: the family is the unit of shared structure (typical city, trade,
+instrument, era) through which anything learned can reach an unseen person,
+as a topic's related entities do in the paper's "knowledge topology" reading.
+A person would be a poor topic: with two phrasings per person, "more
+questions per person" would only repeat the same facts.
+
+Per seed, after the demo's shared steps (world, base policy, samples, labels,
+the full pair set; reused when ``OUT/seed-S/`` already has them)::
+
+    study-topics/t{K}/pairs.jsonl    the equal-size subset covering K families
+    study-topics/t{K}/train/maskdpo/ Mask-DPO from the same base policy (XTuner), converted
+    study-topics/t{K}/eval/          fresh samples on both splits, oracle-labelled
+    study-topics/scores.json
+    eval/base-*                      the base policy's evaluation (shared with the demo)
+
+Then ``OUT/study-topics.{md,json,png}``. The held-out people belong to every
+family, so besides the whole held-out split the report scores those whose
+family was in the subset ("seen families") and those whose family was not.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..settings import settings_dict, write_settings
+from .demo import DemoSettings, _cell, _mean_spread, evaluate_model, prepare_seed, say, step_train, validate
+
+FRACTIONS = (1 / 3, 2 / 3, 1.0)  # of the families: the paper's 894 / 1,788 / 2,682 topics are 1 : 2 : 3
+STUDY = "study-topics"
+FORMAT = "maskdpo/toyworld-study-topics@1"
+METRICS = ("anah", "fact_precision", "facts_per_response")
+GROUPS = ("train", "test", "test_seen", "test_unseen")  # test_*: held-out people of families in / not in the subset
+GROUP_TITLES = {"train": "train", "test": "held-out", "test_seen": "held-out, seen families",
+                "test_unseen": "held-out, unseen families"}
+
+
+@dataclass(frozen=True)
+class TopicSubset:
+    """Pairs (one per question) drawn from ``topics`` only."""
+
+    topics: tuple[str, ...]  # in draw order
+    question_ids: tuple[str, ...]
+
+    def per_topic(self, question_topic: dict[str, str]) -> dict[str, int]:
+        counts = {t: 0 for t in self.topics}
+        for q in self.question_ids:
+            counts[question_topic[q]] += 1
+        return counts
+
+
+def topic_counts(n_topics: int, fractions: tuple[float, ...] = FRACTIONS) -> list[int]:
+    """``max(1, round(f * n_topics))`` per fraction; they must rise strictly and the last be <= n_topics."""
+    counts = [max(1, round(f * n_topics)) for f in fractions]
+    if any(not 0 < f <= 1 for f in fractions) or any(b <= a for a, b in zip(counts, counts[1:])):
+        raise ValueError(f"{n_topics} topics cannot be split into strictly growing shares {fractions} "
+                         f"(topic counts {counts}); the world needs more families")
+    return counts
+
+
+def select_topic_subsets(question_topic: dict[str, str], fractions: tuple[float, ...] = FRACTIONS, seed: int = 0,
+                         pairs: int | None = None) -> list[TopicSubset]:
+    """Equal-size pair subsets covering more and more topics (one pair per question id).
+
+    ``question_topic``: question id -> topic, for every question that has a pair.
+    Topics are shuffled once with ``Random(f"study-topics-{seed}")``; subset i
+    covers the first ``k_i = topic_counts(...)[i]`` of them (the sets are
+    nested). Each topic's questions are shuffled with
+    ``Random(f"study-topics-{seed}-{topic}")``. Every subset has ``n`` pairs,
+    ``n = pairs`` or, by default, all the pairs of the smallest topic set;
+    subset i takes them round-robin over its topics (every topic's r-th
+    question before any topic's (r+1)-th), so each of its topics gets
+    ``n // k_i`` or ``n // k_i + 1`` pairs while it has that many.
+
+    Raises ValueError when ``n < k_max`` (a topic would get no pair) or the
+    smallest topic set has fewer than ``n`` pairs.
+    """
+    by_topic: dict[str, list[str]] = {}
+    for q, t in sorted(question_topic.items()):
+        by_topic.setdefault(t, []).append(q)
+    topics = sorted(by_topic)
+    random.Random(f"study-topics-{seed}").shuffle(topics)
+    for t in topics:
+        random.Random(f"study-topics-{seed}-{t}").shuffle(by_topic[t])
+    counts = topic_counts(len(topics), fractions)
+    smallest = sum(len(by_topic[t]) for t in topics[:counts[0]])
+    n = smallest if pairs is None else pairs
+    if n < counts[-1]:
+        raise ValueError(f"{n} pairs cannot cover {counts[-1]} topics (at least one pair per topic)")
+    if n > smallest:
+        raise ValueError(f"the {counts[0]} topics of the smallest subset have only {smallest} pairs, fewer than {n}")
+    subsets = []
+    for k in counts:
+        chosen: list[str] = []
+        rank = 0
+        while len(chosen) < n:
+            for t in topics[:k]:
+                if rank < len(by_topic[t]) and len(chosen) < n:
+                    chosen.append(by_topic[t][rank])
+            rank += 1
+        subsets.append(TopicSubset(tuple(topics[:k]), tuple(chosen)))
+    return subsets
+
+
+def split_by_topics(annotations: list, question_topic: dict[str, str], topics: tuple[str, ...]) -> tuple[list, list]:
+    """(annotations whose question's topic is in ``topics``, the others)."""
+    inside = set(topics)
+    seen = [a for a in annotations if question_topic[a.question_id] in inside]
+    unseen = [a for a in annotations if question_topic[a.question_id] not in inside]
+    return seen, unseen
+
+
+# ---------------------------------------------------------------- running
+
+
+def _group_metrics(metrics: dict, prep_world: Path, topics: tuple[str, ...] | None) -> dict:
+    """The demo's per-split metrics plus held-out metrics split by whether the family was trained on."""
+    from ..jsonl import load_jsonl
+    from ..records import Annotation
+    from .demo import response_metrics
+    from .world import World
+
+    groups = {"train": metrics["train"], "test": metrics["test"]}
+    if topics is None:  # the base policy: no subset
+        return groups
+    world = World.load(prep_world)
+    question_topic = {q.id: q.topic for q in world.questions}
+    records, _ = load_jsonl(metrics["test"]["annotations"], Annotation.from_dict)
+    seen, unseen = split_by_topics(records, question_topic, topics)
+    groups["test_seen"] = response_metrics(seen) if seen else None
+    groups["test_unseen"] = response_metrics(unseen) if unseen else None
+    return groups
+
+
+def run_study_seed(settings: DemoSettings, seed: int) -> dict:
+    """One seed: the shared steps, the subsets, Mask-DPO on each, evaluation; writes study-topics/scores.json."""
+    from ..jsonl import load_jsonl, write_jsonl
+    from ..records import Pair
+    from .world import World
+
+    prep = prepare_seed(settings, seed)
+    study = prep.folder / STUDY
+    study.mkdir(exist_ok=True)
+    pairs = load_jsonl(prep.pairs, Pair.from_dict)[0]
+    world = World.load(prep.world)
+    question_topic = {p.question_id: world.person_for_question(p.question_id).family for p in pairs}
+    subsets = select_topic_subsets(question_topic, FRACTIONS, seed)
+    by_question = {p.question_id: p for p in pairs}
+    result: dict = {"seed": seed, "pairs_available": len(pairs), "families": len(world.families), "settings": []}
+    base_metrics = evaluate_model(prep, "base", prep.base, seed, prep.folder / "eval")
+    result["base"] = _group_metrics(base_metrics, prep.world, None)
+    for subset in subsets:
+        folder = study / f"t{len(subset.topics)}"
+        folder.mkdir(exist_ok=True)
+        pairs_path = folder / "pairs.jsonl"
+        if not pairs_path.exists():  # deterministic: a rerun would write the same file
+            write_jsonl(pairs_path, [by_question[q].to_dict() for q in subset.question_ids])
+        counts = subset.per_topic(question_topic)
+        say(f"topics {len(subset.topics)}: {len(subset.question_ids)} pairs "
+            f"({min(counts.values())}-{max(counts.values())} per family)")
+        model = step_train(prep.plan, folder, "maskdpo", prep.base, pairs_path, seed, settings)
+        metrics = evaluate_model(prep, "maskdpo", model, seed, folder / "eval")
+        result["settings"].append({"topics": len(subset.topics), "pairs": len(subset.question_ids),
+                                   "families": list(subset.topics), "pairs_per_family": counts,
+                                   "groups": _group_metrics(metrics, prep.world, subset.topics)})
+    (study / "scores.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def run_topic_study(settings: DemoSettings) -> dict[str, Path]:
+    """Every seed (each resumable), then ``OUT/study-topics.{md,json,png}``; returns their paths."""
+    validate(settings)
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_settings(out / f"{STUDY}-settings.json", settings, fractions=list(FRACTIONS))
+    per_seed = [run_study_seed(settings, seed)
+                for seed in range(settings.first_seed, settings.first_seed + settings.seeds)]
+    return write_study_reports(settings, per_seed)
+
+
+# ---------------------------------------------------------------- report
+
+
+def summarize_study(per_seed: list[dict]) -> dict:
+    """Per setting (in topic order) and for the base policy: mean and spread over seeds of each group's metrics.
+
+    A group missing in a seed (no held-out person of an unseen family when all families are trained on) is left
+    out of that seed's values; with no values at all its entry is None.
+    """
+    def entry(group_dicts: list) -> dict | None:
+        present = [g for g in group_dicts if g is not None]
+        if not present:
+            return None
+        result = {}
+        for metric in METRICS:
+            values = [g[metric] for g in present]
+            mean, spread = _mean_spread(values)
+            result[metric] = {"mean": mean, "spread": spread, "per_seed": values}
+        return result
+
+    n_settings = {len(s["settings"]) for s in per_seed}
+    if len(n_settings) != 1:
+        raise ValueError(f"seeds differ in their number of study settings: {sorted(n_settings)}")
+    summary: dict = {"seeds": [s["seed"] for s in per_seed],
+                     "base": {g: entry([s["base"].get(g) for s in per_seed]) for g in ("train", "test")},
+                     "settings": []}
+    for i in range(n_settings.pop()):
+        rows = [s["settings"][i] for s in per_seed]
+        summary["settings"].append({
+            "topics": [r["topics"] for r in rows], "pairs": [r["pairs"] for r in rows],
+            "families": [s["families"] for s in per_seed],
+            "groups": {g: entry([r["groups"].get(g) for r in rows]) for g in GROUPS}})
+    return summary
+
+
+def _values_cell(values: list[int]) -> str:
+    return str(values[0]) if len(set(values)) == 1 else "/".join(map(str, values))
+
+
+def _metric_cell(entry: dict | None, metric: str = "anah") -> str:
+    return "–" if entry is None else _cell(entry[metric]["per_seed"])
+
+
+def study_markdown(summary: dict, settings: DemoSettings) -> str:
+    k = len(summary["seeds"])
+    lines = [f"# Toy-world study: more topics vs more questions per topic ({k} seed{'s' if k > 1 else ''}"
+             f"{', quick' if settings.quick else ''})", "",
+             "Mask-DPO trained from the same base policy on equal-size pair subsets drawn from more or fewer "
+             "families (topic = family). ANAH score (% correct sentences, nofact counted correct) of sampled answers "
+             "(top-k 40, T 0.8)" + (", mean ± sample standard deviation over seeds." if k > 1 else "."), "",
+             "| Training pairs from | topics | pairs | pairs/topic | train: ANAH % | held-out: ANAH % "
+             "| held-out, seen families | held-out, unseen families | held-out: fact precision % "
+             "| held-out: facts/answer |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    base = summary["base"]
+    lines.append(f"| base policy (no preference training) | – | – | – | {_metric_cell(base['train'])} "
+                 f"| {_metric_cell(base['test'])} | – | – | {_metric_cell(base['test'], 'fact_precision')} "
+                 f"| {_metric_cell(base['test'], 'facts_per_response')} |")
+    for row in summary["settings"]:
+        g = row["groups"]
+        per_topic = sum(row["pairs"]) / sum(row["topics"])
+        lines.append(f"| Mask-DPO, {_values_cell(row['topics'])} families | {_values_cell(row['topics'])} "
+                     f"| {_values_cell(row['pairs'])} | {per_topic:.1f} | {_metric_cell(g['train'])} "
+                     f"| {_metric_cell(g['test'])} | {_metric_cell(g['test_seen'])} | {_metric_cell(g['test_unseen'])} "
+                     f"| {_metric_cell(g['test'], 'fact_precision')} | {_metric_cell(g['test'], 'facts_per_response')} |")
+    lines += ["", "train = fresh samples of all training questions (of every family); held-out = people never in "
+                  "preference training, split into those whose family the subset covered and the others. "
+                  "Paper, Table 4 (894 / 1,788 / 2,682 topics): ANAH 65.04 / 71.56 / 77.53. "
+                  "Per-seed details: seed-*/study-topics/scores.json."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_study(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.0, 3.6), dpi=120)
+    xs = [sum(r["topics"]) / len(r["topics"]) for r in summary["settings"]]
+    for group, style in (("train", "o-"), ("test", "s-"), ("test_unseen", "^--")):
+        points = [(x, r["groups"][group]["anah"]) for x, r in zip(xs, summary["settings"])
+                  if r["groups"][group] is not None]
+        if not points:
+            continue
+        line = ax.errorbar([p[0] for p in points], [p[1]["mean"] for p in points],
+                           yerr=[p[1]["spread"] for p in points], fmt=style, capsize=3,
+                           label=f"Mask-DPO, {GROUP_TITLES[group]}")
+        if group in summary["base"] and summary["base"][group] is not None:
+            ax.axhline(summary["base"][group]["anah"]["mean"], color=line[0].get_color(), linestyle=":",
+                       linewidth=1, label=f"base policy, {GROUP_TITLES[group]}")
+    pairs = sorted({p for r in summary["settings"] for p in r["pairs"]})
+    ax.set_xticks(xs, [f"{x:g}" for x in xs])
+    ax.set_xlabel(f"training topics (families); pairs per setting: {'/'.join(map(str, pairs))}")
+    ax.set_ylabel("ANAH score (sampled answers)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Toy world: more topics vs more questions per topic")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_study_reports(settings: DemoSettings, per_seed: list[dict]) -> dict[str, Path]:
+    out = Path(settings.out)
+    summary = summarize_study(per_seed)
+    paths = {"markdown": out / f"{STUDY}.md", "json": out / f"{STUDY}.json", "png": out / f"{STUDY}.png"}
+    paths["markdown"].write_text(study_markdown(summary, settings), encoding="utf-8")
+    paths["json"].write_text(json.dumps({"format": FORMAT, "settings": settings_dict(settings),
+                                         "fractions": list(FRACTIONS), "summary": summary, "per_seed": per_seed},
+                                        indent=1, default=str) + "\n")
+    plot_study(summary, paths["png"])
+    return paths
