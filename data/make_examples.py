@@ -3,7 +3,7 @@ maskdpo.sentences.split_sentences. Run from the repository root:
 
     python data/make_examples.py
     maskdpo pairs --annotations data/annotations.jsonl --out data/pairs.jsonl
-    maskdpo pairs --annotations data/annotations.jsonl --out /tmp/a/authors_pairs.jsonl --authors-format
+    maskdpo pairs --annotations data/annotations.jsonl --out runs/authors_pairs.jsonl --authors-format
 """
 
 import json
