@@ -111,6 +111,8 @@ def test_report_on_synthetic_results(tmp_path):
     assert "| Mask-DPO, 12 families | 12 | 32 | 2.7 | 77.00 ± 2.83 |" in md
     assert "| Mask-DPO, 4 families | 4 | 32 | 8.0 | 71.00 ± 1.41 | 66.00 ± 1.41 | 67.00 ± 1.41 | 65.00 ± 1.41 |" in md
     assert "| base policy (no preference training) | – | – | – | 60.00 ± 0.00 |" in md
+    assert "| 12 − 4 families | 6.00 ± 1.41 (2/2) | 6.00 ± 1.41 (2/2) |" in md  # within-seed: +5 and +7
+    assert summary["settings"][1]["minus_fewest_topics"]["train"]["per_seed"] == [2.0, 2.0]
     report = json.loads(paths["json"].read_text())
     assert report["format"] == FORMAT and report["per_seed"] == per_seed
     assert set(report["summary"]["settings"][0]["groups"]) == set(GROUPS)

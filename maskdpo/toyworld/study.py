@@ -213,10 +213,16 @@ def summarize_study(per_seed: list[dict]) -> dict:
                      "settings": []}
     for i in range(n_settings.pop()):
         rows = [s["settings"][i] for s in per_seed]
+        differences = {}
+        for g in ("train", "test"):  # against the fewest-topics setting, within each seed
+            diffs = [r["groups"][g]["anah"] - s["settings"][0]["groups"][g]["anah"] for r, s in zip(rows, per_seed)]
+            mean, spread = _mean_spread(diffs)
+            differences[g] = {"mean": mean, "spread": spread, "per_seed": diffs, "wins": sum(d > 0 for d in diffs)}
         summary["settings"].append({
             "topics": [r["topics"] for r in rows], "pairs": [r["pairs"] for r in rows],
             "families": [s["families"] for s in per_seed],
-            "groups": {g: entry([r["groups"].get(g) for r in rows]) for g in GROUPS}})
+            "groups": {g: entry([r["groups"].get(g) for r in rows]) for g in GROUPS},
+            "minus_fewest_topics": differences})
     return summary
 
 
@@ -250,6 +256,14 @@ def study_markdown(summary: dict, settings: DemoSettings) -> str:
                      f"| {_values_cell(row['pairs'])} | {per_topic:.1f} | {_metric_cell(g['train'])} "
                      f"| {_metric_cell(g['test'])} | {_metric_cell(g['test_seen'])} | {_metric_cell(g['test_unseen'])} "
                      f"| {_metric_cell(g['test'], 'fact_precision')} | {_metric_cell(g['test'], 'facts_per_response')} |")
+    first = summary["settings"][0]
+    lines += ["", f"Within-seed differences of the ANAH score from the {_values_cell(first['topics'])}-family "
+                  "setting (points; wins = seeds where more topics scored higher):", "",
+              "| Setting | train | held-out |", "|---|---:|---:|"]
+    for row in summary["settings"][1:]:
+        d = row["minus_fewest_topics"]
+        lines.append(f"| {_values_cell(row['topics'])} − {_values_cell(first['topics'])} families "
+                     + "".join(f"| {_cell(d[g]['per_seed'])} ({d[g]['wins']}/{k}) " for g in ("train", "test")) + "|")
     lines += ["", "train = fresh samples of all training questions (of every family); held-out = people never in "
                   "preference training, split into those whose family the subset covered and the others. "
                   "Paper, Table 4 (894 / 1,788 / 2,682 topics): ANAH 65.04 / 71.56 / 77.53. "
