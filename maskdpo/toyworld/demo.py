@@ -19,6 +19,9 @@ The headline metric is the ANAH score of sampled answers (``eval_samples``
 per question, the paper's decoding) on the training questions (fresh samples)
 and on the held-out people; facts per response and fact precision (ok / facts)
 sit beside it so a method cannot win by saying less.
+
+``--study topics`` reuses the shared steps (:func:`prepare_seed`,
+:func:`step_train`, :func:`evaluate_model`); see :mod:`maskdpo.toyworld.study`.
 """
 
 from __future__ import annotations
