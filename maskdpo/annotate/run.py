@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from ..jsonl import JsonlAppender, RecordError, load_jsonl
 from ..records import Annotation, Sample
