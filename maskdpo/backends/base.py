@@ -27,13 +27,52 @@ class Decoding:
     top_p: float = 1.0
     temperature: float = 0.8
     max_new_tokens: int = 512
+    # Extra stop strings (besides the model's end-of-turn token), e.g. the
+    # ANAH-v2 judge's `<|im_end|>`, which some engines' default templates miss.
+    stop: tuple[str, ...] = ()
 
     @classmethod
-    def greedy(cls, max_new_tokens: int = 512) -> "Decoding":
-        return cls(do_sample=False, top_k=1, top_p=1.0, temperature=1.0, max_new_tokens=max_new_tokens)
+    def greedy(cls, max_new_tokens: int = 512, stop: tuple[str, ...] = ()) -> "Decoding":
+        return cls(do_sample=False, top_k=1, top_p=1.0, temperature=1.0, max_new_tokens=max_new_tokens,
+                   stop=tuple(stop))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        # Records written before `stop` existed have no such key; keep it out when unused.
+        if not d["stop"]:
+            del d["stop"]
+        else:
+            d["stop"] = list(d["stop"])
+        return d
+
+
+class Completion(str):
+    """One generated text that also says why generation ended.
+
+    A ``str`` subclass, so callers that only need the text use it as one.
+    ``finish_reason`` follows the OpenAI vocabulary: ``"stop"`` (end of turn or
+    a stop string), ``"length"`` (``max_new_tokens`` or the context ran out:
+    the text is truncated), or ``None`` when the backend cannot tell.
+    """
+
+    finish_reason: str | None
+
+    def __new__(cls, text: str, finish_reason: str | None = None) -> "Completion":
+        obj = super().__new__(cls, text)
+        obj.finish_reason = finish_reason
+        return obj
+
+
+def finish_reason_of(text: str) -> str | None:
+    return getattr(text, "finish_reason", None)
+
+
+class GenerationError(RuntimeError):
+    """The engine reported a failure for a request (after the backend's retry).
+
+    Backends raise it instead of returning an empty text, so no sample or
+    judge label is ever written from an engine error.
+    """
 
 
 @dataclass(frozen=True)
@@ -50,7 +89,9 @@ class ChatBackend(Protocol):
     model: str  # the model path or served name, recorded in every sample
 
     def generate(self, requests: Sequence[GenerationRequest], decoding: Decoding) -> list[list[str]]:
-        """For each request, ``request.n`` response texts, in order."""
+        """For each request, ``request.n`` response texts (:class:`Completion` where the
+        backend knows the finish reason), in order. Engine failures raise
+        :class:`GenerationError`; they are never returned as text."""
         ...
 
 
