@@ -30,6 +30,10 @@ class Decoding:
     # Extra stop strings (besides the model's end-of-turn token), e.g. the
     # ANAH-v2 judge's `<|im_end|>`, which some engines' default templates miss.
     stop: tuple[str, ...] = ()
+    # Off by default (0 and 1.0, the neutral values); servers that apply their
+    # own (llama.cpp: min-p 0.05, repeat penalty 1.1) are sent these explicitly.
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
 
     @classmethod
     def greedy(cls, max_new_tokens: int = 512, stop: tuple[str, ...] = ()) -> "Decoding":
@@ -43,6 +47,11 @@ class Decoding:
             del d["stop"]
         else:
             d["stop"] = list(d["stop"])
+        # Likewise the extra knobs at their neutral values.
+        if d["min_p"] == 0.0:
+            del d["min_p"]
+        if d["repetition_penalty"] == 1.0:
+            del d["repetition_penalty"]
         return d
 
 

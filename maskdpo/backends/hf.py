@@ -77,16 +77,21 @@ def describe_processors(processors: Sequence[Any]) -> list[tuple[str, dict]]:
 
 
 def expected_processors(decoding: Decoding) -> list[tuple[str, dict]]:
-    """The warpers that must be active for ``decoding`` (transformers order: temperature, top-k, top-p)."""
-    if not decoding.do_sample:
-        return []
+    """The processors that must be active for ``decoding`` (transformers order: repetition penalty, then
+    the warpers temperature, top-k, top-p, min-p)."""
     expected = []
+    if decoding.repetition_penalty != 1.0:  # applies to greedy decoding too
+        expected.append(("RepetitionPenaltyLogitsProcessor", {"penalty": decoding.repetition_penalty}))
+    if not decoding.do_sample:
+        return expected
     if decoding.temperature != 1.0:
         expected.append(("TemperatureLogitsWarper", {"temperature": decoding.temperature}))
     if decoding.top_k and decoding.top_k > 0:
         expected.append(("TopKLogitsWarper", {"top_k": decoding.top_k}))
     if decoding.top_p < 1.0:
         expected.append(("TopPLogitsWarper", {"top_p": decoding.top_p}))
+    if decoding.min_p > 0.0:
+        expected.append(("MinPLogitsWarper", {"min_p": decoding.min_p}))
     return expected
 
 
@@ -197,10 +202,11 @@ class HFBackend:
 
         common = dict(max_new_tokens=decoding.max_new_tokens, num_return_sequences=n,
                       pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_token_ids(),
-                      bos_token_id=self.tokenizer.bos_token_id, num_beams=1)
+                      bos_token_id=self.tokenizer.bos_token_id, num_beams=1,
+                      repetition_penalty=decoding.repetition_penalty)
         if decoding.do_sample:
             return GenerationConfig(do_sample=True, top_k=decoding.top_k, top_p=decoding.top_p,
-                                    temperature=decoding.temperature, **common)
+                                    temperature=decoding.temperature, min_p=decoding.min_p or None, **common)
         return GenerationConfig(do_sample=False, top_k=None, top_p=1.0, temperature=1.0, **common)
 
     @contextmanager
