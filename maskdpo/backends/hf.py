@@ -28,7 +28,7 @@ import inspect
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
-from .base import Decoding, GenerationRequest
+from .base import Completion, Decoding, GenerationRequest
 from .prompting import render_prompt, replica_seeds, template_meta
 
 
@@ -243,7 +243,15 @@ class HFBackend:
             texts = self._generate_shared([p for p in prompts for _ in range(rows)], decoding, seeds)
         else:
             texts = self._generate_plain(prompts, rows, decoding, seeds)
-        return [[texts[i * rows + (j if sample else 0)].strip() for j in range(n)] for i in range(len(chunk))]
+        return [[Completion(texts[i * rows + (j if sample else 0)].strip(),
+                            texts[i * rows + (j if sample else 0)].finish_reason) for j in range(n)]
+                for i in range(len(chunk))]
+
+    def _completions(self, new_tokens: Any) -> list[Completion]:
+        """Decoded rows of generated ids; a row without an end-of-turn token ran out of tokens ("length")."""
+        eos = set(self.eos_token_ids())
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return [Completion(t, "stop" if eos.intersection(row.tolist()) else "length") for t, row in zip(texts, new_tokens)]
 
     def _generate(self, decoding: Decoding, seeds: list[int] | None, rows: int, **inputs: Any):
         import torch
@@ -259,7 +267,7 @@ class HFBackend:
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
                              return_token_type_ids=False).to(self.device)
         out = self._generate(decoding, seeds, rows, **enc)
-        return self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        return self._completions(out[:, enc["input_ids"].shape[1]:])
 
     def _generate_shared(self, prompts: list[str], decoding: Decoding, seeds: list[int] | None) -> list[str]:
         """One row per prompt; a prefix shared by several rows is prefilled once and its KV cache copied.
@@ -300,7 +308,7 @@ class HFBackend:
         attention_mask = torch.cat([prefix_mask.index_select(0, index), suffix_mask], dim=1)
         out = self._generate(decoding, seeds, 1, input_ids=input_ids, attention_mask=attention_mask,
                              past_key_values=cache)
-        return self.tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
+        return self._completions(out[:, input_ids.shape[1]:])
 
     # ------------------------------------------------------------------ interface
 
