@@ -76,10 +76,17 @@ class MaskedSequence:
     labels: list[int]
     truncated: bool
     prompt_tokens: int = 0
+    content_tokens: int | None = None  # prompt + response-content tokens (what follows is the template's suffix)
 
     @property
     def kept(self) -> int:
         return sum(1 for label in self.labels if label != IGNORE)
+
+    @property
+    def kept_content(self) -> int:
+        """Kept tokens of the response content itself, without the end-of-turn suffix the template adds."""
+        end = len(self.labels) if self.content_tokens is None else min(self.content_tokens, len(self.labels))
+        return sum(1 for label in self.labels[self.prompt_tokens:end] if label != IGNORE)
 
 
 @dataclass
@@ -264,10 +271,12 @@ def _side_inputs(pair: Pair, side: str, mask: str) -> tuple[str, list[tuple[int,
     return response, spans, keep_flags(item, side, mask)
 
 
-def _truncate(ids: list[int], labels: list[int], prompt_tokens: int, max_length: int | None) -> MaskedSequence:
+def _truncate(ids: list[int], labels: list[int], prompt_tokens: int, max_length: int | None,
+              content_tokens: int | None = None) -> MaskedSequence:
     if max_length is not None and len(ids) > max_length:
-        return MaskedSequence(ids[:max_length], labels[:max_length], True, min(prompt_tokens, max_length))
-    return MaskedSequence(ids, labels, False, prompt_tokens)
+        return MaskedSequence(ids[:max_length], labels[:max_length], True, min(prompt_tokens, max_length),
+                              None if content_tokens is None else min(content_tokens, max_length))
+    return MaskedSequence(ids, labels, False, prompt_tokens, content_tokens)
 
 
 def _require_fast(tokenizer: Any) -> None:
@@ -316,7 +325,8 @@ def _encode_batch(tokenizer: Any, pairs: list[Pair], max_length: int | None, mas
     sequences = []
     for ids, offsets, (rendered, ends, keep) in zip(enc["input_ids"], enc["offset_mapping"], plans):
         labels, prompt_tokens = token_labels(ids, offsets, rendered.start, rendered.end, ends, keep)
-        sequences.append(_truncate(list(ids), labels, prompt_tokens, max_length))
+        content_tokens = sum(1 for start, _ in offsets if start < rendered.end)  # tokens before the suffix
+        sequences.append(_truncate(list(ids), labels, prompt_tokens, max_length, content_tokens))
     return [MaskedPair(pair.id, sequences[2 * i], sequences[2 * i + 1]) for i, pair in enumerate(pairs)]
 
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from .jsonl import FieldError
-from .labels import BINARY_LABELS, KNOWN_LABELS
+from .labels import BINARY_LABELS, KNOWN_LABELS, LabelPolicy
 
 FORMAT_VERSION = 1
 ROLES = ("system", "user", "assistant")
@@ -59,6 +60,13 @@ def _type_names(types: type | tuple[type, ...]) -> str:
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _finite(value: float | None, name: str) -> float | None:
+    """A number that is not NaN or infinite (JSON files cannot hold those; Python dicts can)."""
+    if value is not None and not math.isfinite(value):
+        raise FieldError(name, f"expected a finite number, got {value!r}")
+    return value
 
 
 def _check_format(d: dict, kind: str) -> None:
@@ -184,6 +192,8 @@ class Sentence:
                 raw=_get(d, "raw", (str, dict, list), None, prefix=prefix))
         if s.label not in KNOWN_LABELS:
             raise FieldError(prefix + "label", f"unknown label {s.label!r}; expected one of {', '.join(KNOWN_LABELS)}")
+        if not s.text.strip():
+            raise FieldError(prefix + "text", "a sentence of only whitespace states nothing and cannot be labelled")
         return s
 
     def to_dict(self) -> dict:
@@ -219,6 +229,9 @@ class Annotation(Sample):
         raw_sentences = _get(d, "sentences", list)
         sentences = [Sentence.from_dict(s, f"sentences[{i}].") for i, s in enumerate(raw_sentences)]
         check_spans(fields["response"], [(s.start, s.end) for s in sentences], [s.text for s in sentences], "sentences")
+        if not sentences and fields["response"].strip():
+            # Every non-blank response has at least one sentence; none means the annotation was lost.
+            raise FieldError("sentences", "empty for a non-empty response (every sentence needs a label)")
         return cls(**fields, sentences=sentences, annotator=_get(d, "annotator", str, ""))
 
     @classmethod
@@ -264,6 +277,8 @@ class PairItem:
         for i, s in enumerate(sents):
             if not isinstance(s, str):
                 raise FieldError(f"{name}.sents[{i}]", f"expected a string, got {_short(s)}")
+            if not s.strip():
+                raise FieldError(f"{name}.sents[{i}]", "a sentence of only whitespace states nothing and cannot be labelled")
         for i, t in enumerate(types):
             if t not in BINARY_LABELS:
                 raise FieldError(f"{name}.type[{i}]", f"expected one of {', '.join(BINARY_LABELS)}, got {_short(t)}")
@@ -284,6 +299,9 @@ class PairItem:
             for i, label in enumerate(labels):
                 if label not in KNOWN_LABELS:
                     raise FieldError(f"{name}.labels[{i}]", f"unknown label {_short(label)}")
+                if types[i] not in binary_types_of(label):
+                    raise FieldError(f"{name}.labels[{i}]", f"label {label!r} disagrees with type {types[i]!r} "
+                                                            f"of the same sentence")
         return cls(sents=list(sents), type=list(types), spans=spans, labels=labels)
 
     def to_dict(self) -> dict:
@@ -326,8 +344,8 @@ class Pair:
             chosen_item=PairItem.from_dict(d.get("chosen_item"), "chosen_item"),
             rejected_item=PairItem.from_dict(d.get("rejected_item"), "rejected_item"),
             question_id=None if d.get("question_id") is None else str(d["question_id"]),
-            chosen_score=_get(d, "chosen_score", (int, float), None),
-            rejected_score=_get(d, "rejected_score", (int, float), None),
+            chosen_score=_finite(_get(d, "chosen_score", (int, float), None), "chosen_score"),
+            rejected_score=_finite(_get(d, "rejected_score", (int, float), None), "rejected_score"),
             chosen_sample_index=_get(d, "chosen_sample_index", int, None),
             rejected_sample_index=_get(d, "rejected_sample_index", int, None),
         )
@@ -335,6 +353,9 @@ class Pair:
             item: PairItem = getattr(pair, f"{side}_item")
             if item.spans is not None:
                 check_spans(getattr(pair, side), item.spans, item.sents, f"{side}_item.spans")
+        if pair.chosen_score is not None and pair.rejected_score is not None and pair.chosen_score < pair.rejected_score:
+            raise FieldError("chosen_score", f"{pair.chosen_score} is below rejected_score {pair.rejected_score}: "
+                                             "the chosen response must score at least as high")
         return pair
 
     def to_dict(self) -> dict:
@@ -356,6 +377,12 @@ class Pair:
                 "rejected": [{"role": "assistant", "content": self.rejected}],
                 "chosen_item": {"sents": self.chosen_item.sents, "type": self.chosen_item.type},
                 "rejected_item": {"sents": self.rejected_item.sents, "type": self.rejected_item.type}}
+
+
+def binary_types_of(label: str) -> tuple[str, ...]:
+    """The pair ``type`` values a fine-grained label may have: ``nofact`` is either (the
+    ``--nofact-correct`` policy decides), every other label exactly one."""
+    return tuple({LabelPolicy(nofact_correct=True).to_binary(label), LabelPolicy(nofact_correct=False).to_binary(label)})
 
 
 def _response_text(d: dict, name: str) -> str:

@@ -87,8 +87,66 @@ def settings_dict(settings: Any) -> dict:
 
 
 def write_settings(path: str | os.PathLike, settings: Any, **extra: Any) -> None:
-    """Write the effective settings of a run as JSON (next to its outputs)."""
+    """Write the effective settings of a run as JSON (next to its outputs), atomically.
+
+    The file is written to a temporary name and renamed, so a kill leaves the
+    old file or the new one, never a truncated one (a resume guard reads it).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {**settings_dict(settings), **extra}
-    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    text = json.dumps(payload, indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n"
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_settings(path: str | os.PathLike) -> dict:
+    """A settings file written by :func:`write_settings`; an unreadable or corrupt one is an error naming it."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+        payload = json.loads(text)
+    except OSError as exc:
+        raise OSError(f"{path}: cannot read the settings file ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: the settings file is corrupt ({exc}); it records the settings the output next "
+                         "to it was made with: restore it, or start a new output") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: the settings file is corrupt (expected a JSON object)")
+    return payload
+
+
+def same_setting(previous: Any, current: Any) -> bool:
+    """Equal settings values; paths compare resolved, so ``q.jsonl`` and ``/abs/q.jsonl`` are the same file."""
+    if str(previous) == str(current):
+        return True
+    if isinstance(previous, str) and isinstance(current, (str, os.PathLike)) and previous and str(current):
+        a, b = Path(previous).expanduser(), Path(current).expanduser()
+        if a.exists() and b.exists():
+            return a.resolve() == b.resolve()
+    return False
+
+
+def check_resumable(path: str | os.PathLike, current: dict, fields: tuple[str, ...], output: str | os.PathLike) -> None:
+    """Refuse to append to ``output`` when it was made with different sample-defining settings.
+
+    ``path`` is the settings file next to ``output``. It must be readable when
+    it exists; when it is missing but ``output`` already holds records, the
+    settings they were made with are unknown, which is an error too.
+    """
+    path, output = Path(path), Path(output)
+    if not path.exists():
+        if output.is_file() and output.stat().st_size > 0:
+            raise ValueError(f"{output} exists but its settings file {path} is missing: cannot check that it was "
+                             "made with the same settings; use a new --out, or restore the settings file")
+        return
+    previous = read_settings(path)
+    changed = [f for f in fields if f in previous and not same_setting(previous[f], current.get(f))]
+    if changed:
+        detail = ", ".join(f"{f}: {previous[f]!r} → {current.get(f)!r}" for f in changed)
+        raise ValueError(f"{path}: the existing output was made with other settings ({detail}); "
+                         "use a new --out or the same settings to resume")

@@ -1,0 +1,50 @@
+"""The ``maskdpo`` subcommands, and the one way they report errors.
+
+:func:`reports_errors` wraps a command so that the project's errors (bad
+input, an unwritable output, a model that cannot load, a failed engine call)
+end it with a one-line ``Error: ...`` message and exit code 2, never a
+traceback. Set ``MASKDPO_TRACEBACK=1`` to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Callable
+
+import click
+
+EXIT_ERROR = 2
+# What the project raises for bad input, outputs and engines (RecordError, FieldError, EmptyInput and
+# OutputError are ValueErrors; missing or unreadable files OSErrors; GenerationError a RuntimeError).
+PROJECT_ERRORS = (ValueError, OSError, RuntimeError, LookupError)
+
+
+class CommandError(click.ClickException):
+    """A failed command: ``Error: <message>`` on stderr, exit code 2."""
+
+    exit_code = EXIT_ERROR
+
+
+def one_line(message: str) -> str:
+    """The message on one line (multi-line messages from libraries joined with ' | ')."""
+    return " | ".join(part.strip() for part in str(message).splitlines() if part.strip()) or "failed"
+
+
+def reports_errors(command: Callable) -> Callable:
+    """Turn the project's errors raised by ``command`` into :class:`CommandError`."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except click.ClickException as exc:
+            if type(exc) is click.ClickException:  # a plain ClickException exits 1; every failure exits 2
+                raise CommandError(exc.message) from None
+            raise
+        except PROJECT_ERRORS as exc:
+            if os.environ.get("MASKDPO_TRACEBACK"):
+                raise
+            raise CommandError(one_line(exc)) from None
+
+    return wrapper
