@@ -14,8 +14,10 @@ fewer than two scored samples, when the gap ``score(chosen) - score(rejected)``
 is not positive or is below ``min_gap``, when the chosen response has no
 correct sentence, or when the rejected one has no hallucinated sentence (with
 the default positive-gap rule the last two cannot happen; with ``min_gap=0``
-ties pass and they can). Samples with no sentences cannot be scored and are
-counted, not used.
+ties pass and they can), or when the chosen and rejected texts are identical
+(two samples with the same response judged differently: no preference to
+learn). Samples with an empty response have no sentences; they cannot be
+scored and are counted, not used.
 
 The output is the authors' pair format (``prompt``, ``chosen``, ``rejected``,
 ``chosen_item``/``rejected_item`` = ``{sents, type}``) extended with exact
@@ -33,7 +35,7 @@ from .records import Annotation, Pair, PairItem
 from .settings import knob
 
 DROP_REASONS = ("fewer_than_two_samples", "gap_below_min", "chosen_has_no_correct_sentence",
-                "rejected_has_no_hallucinated_sentence")
+                "rejected_has_no_hallucinated_sentence", "identical_responses")
 
 
 @dataclass
@@ -54,13 +56,13 @@ class PairStats:
     questions: int = 0
     samples: int = 0
     kept: int = 0
-    unscored_samples: int = 0  # samples with no sentences
+    unscored_samples: int = 0  # samples with an empty response (no sentences)
     dropped: Counter = field(default_factory=Counter)  # reason -> questions
 
     def summary(self) -> str:
         lines = [f"questions: {self.questions}  samples: {self.samples}  pairs kept: {self.kept}"]
         if self.unscored_samples:
-            lines.append(f"samples without sentences (not scored): {self.unscored_samples}")
+            lines.append(f"samples with an empty response (not scored): {self.unscored_samples}")
         for reason in DROP_REASONS:
             lines.append(f"dropped, {reason.replace('_', ' ')}: {self.dropped.get(reason, 0)}")
         return "\n".join(lines)
@@ -128,6 +130,8 @@ def build_pairs(annotations: Iterable[Annotation], settings: PairSettings) -> tu
                 reason = "chosen_has_no_correct_sentence"
             elif all(policy.is_correct(s.label) for s in worst.sentences):
                 reason = "rejected_has_no_hallucinated_sentence"
+            elif best.response == worst.response:
+                reason = "identical_responses"
         if reason:
             stats.dropped[reason] += 1
             continue
