@@ -2,11 +2,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from maskdpo.sentences import SentenceNotFound, locate_sentences, split_sentences
+from maskdpo.sentences import SPLITTER_RULES, SentenceNotFound, locate_sentences, split_sentences
+
+# The rule-by-rule tests below are the "maskdpo" rules; the "anah-v2" rules are tested in test_sentences_anah_v2.py.
 
 
 def sents(text, language="en"):
-    return [text[a:b] for a, b in split_sentences(text, language)]
+    return [text[a:b] for a, b in split_sentences(text, language, rules="maskdpo")]
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -52,14 +54,22 @@ def test_chinese_rules():
 
 
 def test_spans_index_the_original_text():
-    text = "  Dr. Who?\tYes.\n\n2. Item"
-    spans = split_sentences(text)
-    assert spans == [(2, 10), (11, 15), (17, 24)]
+    text = "  Mr. Who?\tYes.\n\n2. Item"
+    assert split_sentences(text, rules="maskdpo") == [(2, 10), (11, 15), (17, 24)]
+    assert split_sentences(text) == [(2, 5), (6, 10), (11, 15), (17, 24)]  # anah-v2: "Mr." ends a sentence
 
 
-def test_unknown_language():
+def test_unknown_language_and_rules():
     with pytest.raises(ValueError, match="language"):
         split_sentences("x", "fr")
+    with pytest.raises(ValueError, match="splitter rules must be one of anah-v2, maskdpo, got 'nltk'"):
+        split_sentences("x", "en", rules="nltk")
+
+
+def test_default_rules_are_anah_v2():
+    assert SPLITTER_RULES == ("anah-v2", "maskdpo")
+    text = "Mr. Smith arrived. Facts:\n1. One."
+    assert split_sentences(text) == split_sentences(text, rules="anah-v2") != split_sentences(text, rules="maskdpo")
 
 
 pieces = st.sampled_from(["Dr.", "Mr.", "e.g.", "U.S.", "3.5", "1.", "a.", "J.", "etc.", "word", "The", "是", "。",
@@ -68,9 +78,9 @@ pieces = st.sampled_from(["Dr.", "Mr.", "e.g.", "U.S.", "3.5", "1.", "a.", "J.",
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(pieces, max_size=40).map("".join), st.sampled_from(["en", "zh"]))
-def test_spans_ordered_disjoint_trimmed_and_covering(text, language):
-    spans = split_sentences(text, language)
+@given(st.lists(pieces, max_size=40).map("".join), st.sampled_from(["en", "zh"]), st.sampled_from(SPLITTER_RULES))
+def test_spans_ordered_disjoint_trimmed_and_covering(text, language, rules):
+    spans = split_sentences(text, language, rules)
     covered = set()
     previous_end = 0
     for start, end in spans:
@@ -82,9 +92,9 @@ def test_spans_ordered_disjoint_trimmed_and_covering(text, language):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(pieces, max_size=40).map("".join))
-def test_locate_recovers_split_spans(text):
-    spans = split_sentences(text)
+@given(st.lists(pieces, max_size=40).map("".join), st.sampled_from(SPLITTER_RULES))
+def test_locate_recovers_split_spans(text, rules):
+    spans = split_sentences(text, rules=rules)
     assert locate_sentences(text, [text[a:b] for a, b in spans]) == spans
 
 
