@@ -141,6 +141,9 @@ class Sample:
     backend: str
     generation: dict  # top_k, top_p, temperature, max_new_tokens, seed, ...
     meta: dict = field(default_factory=dict)  # topic, language, chat template, ...
+    # Why generation ended, as the backend reported it: "stop", or "length" for a response cut off
+    # by max_new_tokens or the context (truncated); None when the backend cannot tell.
+    finish_reason: str | None = None
 
     KIND = "sample"
 
@@ -162,6 +165,7 @@ class Sample:
             backend=_get(d, "backend", str, ""),
             generation=_get(d, "generation", dict, {}),
             meta=_get(d, "meta", dict, {}),
+            finish_reason=_get(d, "finish_reason", str, None),
         )
 
     @classmethod
@@ -172,7 +176,8 @@ class Sample:
     def to_dict(self) -> dict:
         return {"format": format_tag(self.KIND), "question_id": self.question_id, "sample_index": self.sample_index,
                 "messages": self.messages, "response": self.response, "model": self.model, "backend": self.backend,
-                "generation": self.generation, "meta": self.meta}
+                "generation": self.generation, "meta": self.meta,
+                **({"finish_reason": self.finish_reason} if self.finish_reason is not None else {})}
 
 
 @dataclass
@@ -238,7 +243,8 @@ class Annotation(Sample):
     def from_sample(cls, sample: Sample, sentences: list[Sentence], annotator: str) -> "Annotation":
         return cls(question_id=sample.question_id, sample_index=sample.sample_index, messages=sample.messages,
                    response=sample.response, model=sample.model, backend=sample.backend,
-                   generation=sample.generation, meta=sample.meta, sentences=sentences, annotator=annotator)
+                   generation=sample.generation, meta=sample.meta, finish_reason=sample.finish_reason,
+                   sentences=sentences, annotator=annotator)
 
     def to_dict(self) -> dict:
         d = super().to_dict()
