@@ -130,7 +130,7 @@ def test_cli_help_mentions_the_study():
     proc = subprocess.run([sys.executable, "-m", "maskdpo.cli", "demo", "--help"], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0
-    assert "--study [topics]" in proc.stdout and "study-topics" in proc.stdout
+    assert "--study [topics|mask]" in proc.stdout and "study-topics" in proc.stdout and "study-mask" in proc.stdout
 
 
 def test_cli_rejects_an_unknown_study(tmp_path):

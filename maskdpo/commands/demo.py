@@ -25,6 +25,12 @@ def demo(**options) -> None:
     drawn from 1/3, 2/3 and all of the families (the paper's Table 4: more
     topics vs more questions per topic), and writes study-topics.md/json/png.
     It reuses the demo's world, base policy and pairs when --out has them.
+
+    --study mask trains the same pairs with the mask on both sides, the
+    chosen side only, the rejected side only and neither, and writes
+    study-mask.md/json/png (it reuses the demo's Mask-DPO and DPO runs).
+
+    --world rich (default) or simple picks the world (docs/toyworld.md).
     """
     from ..toyworld.demo import run_demo
 
@@ -34,6 +40,10 @@ def demo(**options) -> None:
             from ..toyworld.study import run_topic_study
 
             paths = run_topic_study(settings)
+        elif settings.study == "mask":
+            from ..toyworld.study import run_mask_study
+
+            paths = run_mask_study(settings)
         else:
             paths = run_demo(settings)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
@@ -45,5 +55,7 @@ def demo(**options) -> None:
         click.echo(f"  {paths[name]}")
     if settings.study == "topics":
         click.echo(f"  {paths['markdown'].parent}/seed-*/study-topics/ (subsets, models, evaluation)")
+    elif settings.study == "mask":
+        click.echo(f"  {paths['markdown'].parent}/seed-*/train/ (one model per mask), seed-*/eval/")
     else:
         click.echo(f"  {paths['markdown'].parent}/table1-train.*, table1-test.* (Table-1 files), seed-*/ (every stage)")

@@ -12,6 +12,11 @@ Per seed, in ``OUT/seed-S/``, each step skipped when its output is complete
     eval/{model}-{split}-*.jsonl                 fresh samples (n per question) of each model, annotated
     scores.json
 
+Two worlds (``--world``): ``rich`` (the default, :mod:`maskdpo.toyworld.rich`:
+about ten attributes per person, answers stating varied subsets, regions
+shared by families, a third split of held-out families) and ``simple``
+(:mod:`maskdpo.toyworld.world`: four attributes, the first world).
+
 Then ``OUT/report.{md,json,png}`` (all seeds: mean ± spread, within-seed
 differences) and the Table-1 files ``OUT/table1-{train,test}.{md,json,png}``.
 
@@ -20,8 +25,9 @@ per question, the paper's decoding) on the training questions (fresh samples)
 and on the held-out people; facts per response and fact precision (ok / facts)
 sit beside it so a method cannot win by saying less.
 
-``--study topics`` reuses the shared steps (:func:`prepare_seed`,
-:func:`step_train`, :func:`evaluate_model`); see :mod:`maskdpo.toyworld.study`.
+``--study topics`` and ``--study mask`` reuse the shared steps
+(:func:`prepare_seed`, :func:`step_train`, :func:`evaluate_model`); see
+:mod:`maskdpo.toyworld.study`.
 """
 
 from __future__ import annotations
@@ -39,12 +45,24 @@ from typing import Literal, Optional
 
 from ..settings import knob, settings_dict, write_settings
 from .policy import PolicySettings
+from .rich import RichSettings
 from .world import WorldSettings
 
 MODELS = ("base", "dpo", "maskdpo")
-MODEL_TITLES = {"base": "base policy", "dpo": "DPO (mask none)", "maskdpo": "Mask-DPO"}
-SPLITS = ("train", "test")
-CONFIGS = {"maskdpo": "maskdpo_tiny_cpu.py", "dpo": "dpo_tiny_cpu.py"}
+MODEL_TITLES = {"base": "base policy", "dpo": "DPO (mask none)", "maskdpo": "Mask-DPO",
+                "mask-chosen": "mask chosen only", "mask-rejected": "mask rejected only"}
+SPLITS = ("train", "test")  # every world; the rich world adds "test_family"
+SPLIT_TITLES = {"train": "train", "test": "held-out people", "test_family": "held-out families"}
+# Preference-training runs: the XTuner config and the mask the data carries (-100 labels).
+CONFIGS = {"maskdpo": "maskdpo_tiny_cpu.py", "dpo": "dpo_tiny_cpu.py", "mask-chosen": "maskdpo_tiny_cpu.py",
+           "mask-rejected": "maskdpo_tiny_cpu.py"}
+MASKS = {"maskdpo": "both", "dpo": "none", "mask-chosen": "chosen", "mask-rejected": "rejected"}
+# Test-only: swap the sentence labels of the pairs a masked run trains on (keep the chosen answer's
+# hallucinated sentences and the rejected answer's correct ones), to prove the standing check catches
+# a reversed mask. Read here only; not a user option.
+FLIP_MASK_FOR_TESTS = "MASKDPO_TEST_ONLY_FLIP_MASK"
+# Measured minutes per seed at --threads 1 on a quiet core (docs/toyworld.md): (world, quick) -> minutes.
+MINUTES_PER_SEED = {("rich", True): 3.0, ("rich", False): 7.0, ("simple", True): 2.7, ("simple", False): 4.4}
 
 
 @dataclass
@@ -53,23 +71,28 @@ class DemoSettings:
     quick: bool = knob(False, "Smaller world and shorter training (about 3 minutes on 2 cores; used in CI).")
     seeds: int = knob(1, "Number of seeds (0, 1, ...); the report gives mean ± spread over them.")
     first_seed: int = knob(0, "The first seed.")
-    threads: int = knob(2, "torch CPU threads (also for the XTuner training processes).")
+    threads: Optional[int] = knob(None, "torch CPU threads (also for the XTuner training processes). Default: the "
+                                        "cores free now (cpu count minus load average), at least 1.")
+    world: Literal["rich", "simple"] = knob(
+        "rich", "The world: 'rich' (about ten attributes, answers stating varied subsets, regions shared by "
+                "families, held-out families) or 'simple' (four attributes, every answer states them all).")
     samples: Optional[int] = knob(None, "Samples per training question for the pairs (default 8).")
     eval_samples: Optional[int] = knob(None, "Sampled answers per question when evaluating (default 8).")
     dpo_epochs: Optional[int] = knob(None, "Preference-training epochs over the pairs (default 4).")
     dpo_lr: Optional[float] = knob(None, "Preference-training learning rate (default 2e-4).")
     beta: float = knob(0.1, "DPO beta (paper: 0.1).")
-    study: Optional[Literal["topics"]] = knob(
+    study: Optional[Literal["topics", "mask"]] = knob(
         None, "Run a study instead of the base/DPO/Mask-DPO comparison. 'topics': Mask-DPO on equal-size pair "
               "subsets drawn from 1/3, 2/3 and all of the families (more topics vs more questions per topic, "
-              "paper Table 4); writes study-topics.{md,json,png}.")
+              "paper Table 4); writes study-topics.{md,json,png}. 'mask': the same pairs trained with the mask "
+              "on both sides, the chosen side only, the rejected side only and none; writes study-mask.{md,json,png}.")
 
 
 @dataclass(frozen=True)
 class Plan:
     """Every size the demo uses, resolved from the settings (quick or full)."""
 
-    world: WorldSettings
+    world: WorldSettings | RichSettings
     policy: PolicySettings
     samples: int
     eval_samples: int
@@ -81,21 +104,61 @@ class Plan:
 
 def make_plan(settings: DemoSettings, seed: int) -> Plan:
     # Two phrasings per person: twice the pairs for the same base-policy training (8 answers per question).
-    if settings.quick:
-        world = WorldSettings(seed=seed, families=12, people_per_family=6, test_per_family=2, questions_per_person=2)
+    # Both worlds have 96 (quick) / 200 (default) training questions.
+    threads = settings.threads or 1
+    if settings.world == "simple":
+        if settings.quick:
+            world = WorldSettings(seed=seed, families=12, people_per_family=6, test_per_family=2,
+                                  questions_per_person=2)
+        else:
+            world = WorldSettings(seed=seed, families=20, people_per_family=7, test_per_family=2,
+                                  questions_per_person=2)
+        policy = PolicySettings(seed=seed, threads=threads, answers_per_question=8)
+        max_new_tokens = 96
     else:
-        world = WorldSettings(seed=seed, families=20, people_per_family=7, test_per_family=2, questions_per_person=2)
-    policy = PolicySettings(seed=seed, threads=settings.threads, answers_per_question=8)
+        if settings.quick:  # 12 training + 3 held-out families
+            world = RichSettings(seed=seed, regions=3, families_per_region=5, people_per_family=6)
+        else:  # 20 training + 4 held-out families
+            world = RichSettings(seed=seed, regions=4, families_per_region=6, people_per_family=7)
+        policy = PolicySettings(seed=seed, threads=threads, answers_per_question=8)
+        max_new_tokens = 160  # answers run to ~10 sentences
     # lr 5e-4 degraded the policy (fact precision fell, garbled sentences rose); 2e-4 did not.
     return Plan(world=world, policy=policy, samples=settings.samples or 8, eval_samples=settings.eval_samples or 8,
                 dpo_epochs=settings.dpo_epochs or 4, dpo_lr=settings.dpo_lr or 2e-4, dpo_batch_size=4,
-                max_new_tokens=96)
+                max_new_tokens=max_new_tokens)
+
+
+def default_threads(cpu_count: int | None, load_average: float | None) -> int:
+    """torch threads for a machine with ``cpu_count`` cores and this 1-minute load average.
+
+    The cores not busy now, rounded down, at least 1 and at most 4: OpenMP threads on a busy core wait on
+    each other (two threads on two busy cores ran 5–10× slower than one). Unknown counts give 1.
+    """
+    if not cpu_count or load_average is None:
+        return 1
+    return max(1, min(4, int(cpu_count - load_average)))
+
+
+def resolve_threads(settings: DemoSettings) -> DemoSettings:
+    """``settings`` with ``threads`` chosen from the free cores when not given."""
+    if settings.threads is not None:
+        return settings
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not available on this platform
+        load = None
+    return dataclasses.replace(settings, threads=default_threads(os.cpu_count(), load))
+
+
+def expected_minutes(settings: DemoSettings, runs_per_seed: int = 1) -> float:
+    """Rough wall time of the whole command on a quiet machine (measured per-seed minutes × seeds)."""
+    return MINUTES_PER_SEED[(settings.world, settings.quick)] * settings.seeds * runs_per_seed
 
 
 def validate(settings: DemoSettings) -> None:
     if settings.out in (None, ""):
         raise ValueError("--out is required")
-    if settings.seeds < 1 or settings.threads < 1:
+    if settings.seeds < 1 or (settings.threads is not None and settings.threads < 1):
         raise ValueError("--seeds and --threads must be >= 1")
     for name in ("samples", "eval_samples"):
         value = getattr(settings, name)
@@ -121,28 +184,33 @@ def say(message: str) -> None:
 
 def step_world(plan: Plan, folder: Path) -> Path:
     from ..jsonl import write_jsonl
-    from .world import World, generate_world
+    from .rich import generate_rich_world
+    from .world import generate_world, load_world
 
     path = folder / "world.json"
     if not path.exists():
-        world = generate_world(plan.world)
-        for split in SPLITS:
+        world = generate_rich_world(plan.world) if isinstance(plan.world, RichSettings) else generate_world(plan.world)
+        for split in world.splits:
             write_jsonl(folder / f"questions-{split}.jsonl", [q.to_dict() for q in world.questions_for(split)])
         world.save(path)  # last: its presence marks the step done
-    world = World.load(path)
-    say(f"world: {len(world.families)} families, {len(world.people)} people, "
-        f"{len(world.questions_for('train'))} training / {len(world.questions_for('test'))} held-out questions")
+    world = load_world(path)
+    expected = "rich" if isinstance(plan.world, RichSettings) else "simple"
+    if world.kind != expected:
+        raise ValueError(f"{path}: a {world.kind} world, but this run asks for --world {expected}; "
+                         "use another --out")
+    counts = " / ".join(f"{len(world.questions_for(s))} {SPLIT_TITLES[s]}" for s in world.splits)
+    say(f"{world.kind} world: {len(world.families)} families, {len(world.people)} people; questions: {counts}")
     return path
 
 
 def step_base(plan: Plan, folder: Path, world_path: Path) -> Path:
     from .policy import train_base_policy
-    from .world import World
+    from .world import load_world
 
     out = folder / "base"
     if not (out / "train_log.json").exists():
         say("training the base policy (tiny Llama, plain torch loop)")
-        train_base_policy(World.load(world_path), out, plan.policy)
+        train_base_policy(load_world(world_path), out, plan.policy)
     return out
 
 
@@ -205,19 +273,40 @@ def run_logged(cmd: list[str], log: Path, env: dict, desc: str) -> None:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... failed with exit code {code}; log: {log}\n{tail}")
 
 
+def flipped_labels_pairs(pairs: Path, out: Path) -> Path:
+    """Test-only: ``pairs`` with every sentence's hallucination label swapped (a reversed mask), to ``out``."""
+    from ..jsonl import load_jsonl, write_jsonl
+    from ..records import Pair
+
+    swap = {"hallucination": "no_hallucination", "no_hallucination": "hallucination"}
+    flipped = []
+    for pair in load_jsonl(pairs, Pair.from_dict)[0]:
+        d = pair.to_dict()
+        for side in ("chosen_item", "rejected_item"):
+            d[side]["type"] = [swap[t] for t in d[side]["type"]]
+            d[side].pop("labels", None)  # the judge's labels would contradict the swapped types
+        flipped.append(d)
+    write_jsonl(out, flipped)
+    return out
+
+
 def step_train(plan: Plan, folder: Path, kind: str, base: Path, pairs: Path, seed: int, settings: DemoSettings) -> Path:
-    """Preference-train ``kind`` (maskdpo | dpo) through the XTuner plugin, then convert to a HF model."""
+    """Preference-train ``kind`` (a key of :data:`MASKS`) through the XTuner plugin, then convert to a HF model."""
     work = folder / "train" / kind
     hf = work / "hf"
     if (hf / ".complete").exists():
         return hf
     config = config_dir() / CONFIGS[kind]
+    work.mkdir(parents=True, exist_ok=True)
+    if os.environ.get(FLIP_MASK_FOR_TESTS) == "1" and MASKS[kind] != "none":
+        say(f"{FLIP_MASK_FOR_TESTS}=1: training {kind} with the mask reversed (test only)")
+        pairs = flipped_labels_pairs(pairs, work / "pairs-flipped-for-test.jsonl")
     env = {**os.environ, "MASKDPO_MODEL": str(base), "MASKDPO_PAIRS": str(pairs),
            "MASKDPO_EPOCHS": str(plan.dpo_epochs), "MASKDPO_LR": str(plan.dpo_lr),
            "MASKDPO_BATCH_SIZE": str(plan.dpo_batch_size), "MASKDPO_SAVE_STEPS": "1000000",
            "OMP_NUM_THREADS": str(settings.threads), "TOKENIZERS_PARALLELISM": "false"}
-    options = ["--cfg-options", f"randomness.seed={seed}", f"model.beta={settings.beta}"]
-    work.mkdir(parents=True, exist_ok=True)
+    options = ["--cfg-options", f"randomness.seed={seed}", f"model.beta={settings.beta}",
+               f"train_dataloader.dataset.mask={MASKS[kind]}"]
     for old in work.glob("iter_*.pth"):  # a killed run's partial checkpoints: train again from the base
         old.unlink()
     run_logged([sys.executable, "-m", "xtuner.tools.train", str(config), "--work-dir", str(work), *options],
@@ -269,7 +358,7 @@ def prepare_seed(settings: DemoSettings, seed: int) -> Prepared:
     """World, base policy, samples, oracle labels and pairs of one seed (each step resumable)."""
     import torch
 
-    torch.set_num_threads(settings.threads)
+    torch.set_num_threads(settings.threads or 1)
     plan = make_plan(settings, seed)
     folder = Path(settings.out) / f"seed-{seed}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -283,13 +372,14 @@ def prepare_seed(settings: DemoSettings, seed: int) -> Prepared:
 
 
 def evaluate_model(prep: Prepared, name: str, model: Path, seed: int, eval_dir: Path) -> dict:
-    """``{split: response_metrics + annotations path}`` of fresh samples of ``model`` on both splits."""
+    """``{split: response_metrics + annotations path}`` of fresh samples of ``model`` on every split of the world."""
     from ..jsonl import load_jsonl
     from ..records import Annotation
+    from .world import load_world
 
     eval_dir.mkdir(parents=True, exist_ok=True)
     result = {}
-    for split in SPLITS:
+    for split in load_world(prep.world).splits:
         # A seed apart from the pair-sampling seed: the training questions get fresh samples.
         path = sample_and_annotate(model, prep.folder / f"questions-{split}.jsonl", prep.world,
                                    eval_dir, f"{name}-{split}-", prep.plan.eval_samples, 10_000 + seed, prep.plan)
@@ -324,21 +414,34 @@ def _cell(values: list[float], digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {spread:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
 
 
-def summarize(per_seed: list[dict]) -> dict:
-    """Mean and spread over seeds of every metric, and of the within-seed differences."""
-    summary: dict = {"seeds": [s["seed"] for s in per_seed], "models": {}, "differences": {}}
-    for name in MODELS:
+METRICS = ("anah", "fact_precision", "facts_per_response")
+DIFFERENCES = (("maskdpo", "dpo"), ("maskdpo", "base"), ("dpo", "base"))
+
+
+def splits_of(per_seed: list[dict]) -> tuple[str, ...]:
+    """The splits every seed evaluated, in report order (train, held-out people, held-out families)."""
+    present = [set(s["models"]["base"]) for s in per_seed]
+    return tuple(split for split in SPLIT_TITLES if all(split in p for p in present))
+
+
+def summarize(per_seed: list[dict], models: tuple[str, ...] = MODELS,
+              differences: tuple[tuple[str, str], ...] = DIFFERENCES) -> dict:
+    """Mean and spread over seeds of every metric, and of the within-seed differences of the ANAH score."""
+    splits = splits_of(per_seed)
+    summary: dict = {"seeds": [s["seed"] for s in per_seed], "splits": list(splits), "models": {},
+                     "differences": {}}
+    for name in models:
         summary["models"][name] = {}
-        for split in SPLITS:
+        for split in splits:
             entry = {}
-            for metric in ("anah", "fact_precision", "facts_per_response"):
+            for metric in METRICS:
                 values = [s["models"][name][split][metric] for s in per_seed]
                 mean, spread = _mean_spread(values)
                 entry[metric] = {"mean": mean, "spread": spread, "per_seed": values}
             summary["models"][name][split] = entry
-    for a, b in (("maskdpo", "dpo"), ("maskdpo", "base"), ("dpo", "base")):
+    for a, b in differences:
         summary["differences"][f"{a}-{b}"] = {}
-        for split in SPLITS:
+        for split in splits:
             diffs = [s["models"][a][split]["anah"] - s["models"][b][split]["anah"] for s in per_seed]
             mean, spread = _mean_spread(diffs)
             summary["differences"][f"{a}-{b}"][split] = {"mean": mean, "spread": spread, "per_seed": diffs,
@@ -346,59 +449,90 @@ def summarize(per_seed: list[dict]) -> dict:
     return summary
 
 
-def report_markdown(summary: dict, settings: DemoSettings) -> str:
-    m = summary["models"]
-    k = len(summary["seeds"])
-    lines = [f"# Toy-world demo: base vs DPO vs Mask-DPO ({k} seed{'s' if k > 1 else ''}"
-             f"{', quick' if settings.quick else ''})", "",
-             "ANAH score (% correct sentences, nofact counted correct) of sampled answers (top-k 40, T 0.8)"
-             + (", mean ± sample standard deviation over seeds." if k > 1 else "."), "",
-             "| Model | train: ANAH % | train: fact precision % | train: facts/answer "
-             "| held-out: ANAH % | held-out: fact precision % | held-out: facts/answer |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for name in MODELS:
+def metrics_table(summary: dict, models: tuple[str, ...]) -> list[str]:
+    """Markdown rows: per model, ANAH %, fact precision % and facts per answer on every split."""
+    splits = summary["splits"]
+    header = "| Model | " + " | ".join(f"{SPLIT_TITLES[s]}: {col}" for s in splits
+                                      for col in ("ANAH %", "fact precision %", "facts/answer")) + " |"
+    lines = [header, "|---|" + "---:|" * (3 * len(splits))]
+    for name in models:
         cells = [MODEL_TITLES[name]]
-        for split in SPLITS:
-            e = m[name][split]
-            cells += [_cell(e["anah"]["per_seed"]), _cell(e["fact_precision"]["per_seed"]),
-                      _cell(e["facts_per_response"]["per_seed"])]
+        for split in splits:
+            e = summary["models"][name][split]
+            cells += [_cell(e[metric]["per_seed"]) for metric in METRICS]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Within-seed differences of the ANAH score (points; wins = seeds where the first is higher):", "",
-              "| Difference | train | held-out |", "|---|---:|---:|"]
+    return lines
+
+
+def differences_table(summary: dict) -> list[str]:
+    """Markdown rows: within-seed differences of the ANAH score with wins per seed."""
+    splits = summary["splits"]
+    k = len(summary["seeds"])
+    lines = ["| Difference | " + " | ".join(SPLIT_TITLES[s] for s in splits) + " |",
+             "|---|" + "---:|" * len(splits)]
     for key, d in summary["differences"].items():
-        a, b = key.split("-")
+        a, b = _split_pair_key(key)
         cells = [f"{MODEL_TITLES[a]} − {MODEL_TITLES[b]}"]
-        for split in SPLITS:
+        for split in splits:
             cells.append(f"{_cell(d[split]['per_seed'])} ({d[split]['wins']}/{k})")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "train = fresh samples of the training questions; held-out = people whose questions were never "
-                  "in preference training. Per-seed details: seed-*/scores.json."]
+    return lines
+
+
+def _split_pair_key(key: str) -> tuple[str, str]:
+    """``mask-chosen-dpo`` -> (mask-chosen, dpo): model names may contain one hyphen."""
+    for name in MODEL_TITLES:
+        if key.startswith(name + "-") and key[len(name) + 1:] in MODEL_TITLES:
+            return name, key[len(name) + 1:]
+    raise KeyError(f"not a difference key: {key!r}")
+
+
+def report_markdown(summary: dict, settings: DemoSettings) -> str:
+    k = len(summary["seeds"])
+    lines = [f"# Toy-world demo: base vs DPO vs Mask-DPO ({settings.world} world, {k} seed{'s' if k > 1 else ''}"
+             f"{', quick' if settings.quick else ''})", "",
+             "ANAH score (% correct sentences, nofact counted correct) of sampled answers (top-k 40, T 0.8)"
+             + (", mean ± sample standard deviation over seeds." if k > 1 else "."), ""]
+    lines += metrics_table(summary, MODELS)
+    lines += ["", "Within-seed differences of the ANAH score (points; wins = seeds where the first is higher):", ""]
+    lines += differences_table(summary)
+    lines += ["", "train = fresh samples of the training questions; held-out people = people whose questions were "
+                  "never in preference training"
+              + ("; held-out families = families none of whose members was in preference training"
+                 if "test_family" in summary["splits"] else "")
+              + ". Per-seed details: seed-*/scores.json."]
     return "\n".join(lines) + "\n"
 
 
-def plot_summary(summary: dict, path: Path) -> None:
+def plot_models(summary: dict, models: tuple[str, ...], path: Path, title: str) -> None:
+    """Bars of the sampled ANAH score (mean ± spread) per split and model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.0, 3.6), dpi=120)
-    width = 0.26
-    for j, name in enumerate(MODELS):
-        xs = [i + (j - 1) * width for i in range(len(SPLITS))]
-        entries = [summary["models"][name][split]["anah"] for split in SPLITS]
+    splits = summary["splits"]
+    fig, ax = plt.subplots(figsize=(2.2 + 2.0 * len(splits), 3.8), dpi=120)
+    width = 0.8 / len(models)
+    for j, name in enumerate(models):
+        xs = [i + (j - (len(models) - 1) / 2) * width for i in range(len(splits))]
+        entries = [summary["models"][name][split]["anah"] for split in splits]
         bars = ax.bar(xs, [e["mean"] for e in entries], width, yerr=[e["spread"] for e in entries], capsize=3,
                       label=MODEL_TITLES[name])
-        ax.bar_label(bars, labels=[f"{e['mean']:.1f}" for e in entries], fontsize=7)
-    ax.set_xticks(range(len(SPLITS)), ["training questions (fresh samples)", "held-out people"])
+        ax.bar_label(bars, labels=[f"{e['mean']:.1f}" for e in entries], fontsize=6)
+    ax.set_xticks(range(len(splits)), [SPLIT_TITLES[s] for s in splits])
     ax.set_ylabel("ANAH score (sampled answers)")
-    low = min(summary["models"][n][s]["anah"]["mean"] for n in MODELS for s in SPLITS)
+    low = min(summary["models"][n][s]["anah"]["mean"] for n in models for s in splits)
     ax.set_ylim(max(0.0, low - 15), 100)
-    ax.legend(fontsize=8, loc="upper left")  # bars stay below ~85: the top left is free
-    ax.set_title("Toy world: factuality after preference training")
+    ax.legend(fontsize=7, loc="upper left", ncol=2)  # bars stay below ~90: the top left is free
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_summary(summary: dict, path: Path) -> None:
+    plot_models(summary, MODELS, path, "Toy world: factuality after preference training")
 
 
 def write_reports(settings: DemoSettings, per_seed: list[dict]) -> dict[str, Path]:
@@ -414,7 +548,7 @@ def write_reports(settings: DemoSettings, per_seed: list[dict]) -> dict[str, Pat
     paths["json"].write_text(json.dumps({"format": "maskdpo/toyworld-demo@1", "settings": settings_dict(settings),
                                          "summary": summary, "per_seed": per_seed}, indent=1, default=str) + "\n")
     plot_summary(summary, paths["png"])
-    for split in SPLITS:  # the evaluation stage's own Table-1 files, one run per seed
+    for split in summary["splits"]:  # the evaluation stage's own Table-1 files, one run per seed
         models = []
         for name in MODELS:
             runs = [load_jsonl(s["models"][name][split]["annotations"], Annotation.from_dict)[0] for s in per_seed]
@@ -424,9 +558,19 @@ def write_reports(settings: DemoSettings, per_seed: list[dict]) -> dict[str, Pat
     return paths
 
 
+def announce(settings: DemoSettings, runs_per_seed: float = 1.0) -> None:
+    """Say up front how long the command should take and with how many threads."""
+    minutes = expected_minutes(settings) * runs_per_seed
+    say(f"{settings.world} world{', quick' if settings.quick else ''}, {settings.seeds} seed(s), "
+        f"{settings.threads} torch thread(s): expect about {minutes:.0f} min on a quiet machine, more on a busy "
+        "one (finished steps of an earlier run are skipped)")
+
+
 def run_demo(settings: DemoSettings) -> dict[str, Path]:
     """Run every seed (each resumable), then write the reports; returns the report paths."""
     validate(settings)
+    settings = resolve_threads(settings)
+    announce(settings)
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     write_settings(out / "demo-settings.json", settings)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..records import Annotation, Question, Sample, Sentence
-from .world import DOCUMENT_TEMPLATES, NOFACT_SENTENCES, TEMPLATES, World
+from .world import World, load_world
 
 
 def _pattern(template: str) -> re.Pattern:
@@ -31,18 +31,24 @@ def _pattern(template: str) -> re.Pattern:
                       .replace(re.escape("{value}"), r"(?P<value>.+?)") + "$")
 
 
-# Answer form ("They lived in X.") and reference form ("<name> lived in X.").
-_PATTERNS = [(attr, _pattern(tpl)) for attr, tpl in TEMPLATES.items()] + \
-            [(attr, _pattern(tpl)) for attr, tpl in DOCUMENT_TEMPLATES.items()]
+_PATTERNS: dict[str, list[tuple[str, re.Pattern]]] = {}  # world kind -> patterns
+
+
+def world_patterns(world) -> list[tuple[str, re.Pattern]]:
+    """Answer form ("They lived in X.") first, then reference form ("<name> lived in X."), per world kind."""
+    if world.kind not in _PATTERNS:
+        _PATTERNS[world.kind] = [(attr, _pattern(tpl)) for attr, tpl in world.answer_templates.items()] + \
+                                [(attr, _pattern(tpl)) for attr, tpl in world.document_templates.items()]
+    return _PATTERNS[world.kind]
 
 
 def judge_sentence(world: World, person_id: str, sentence: str) -> tuple[str, str]:
-    """``(label, raw)`` for one sentence of an answer about ``person_id``."""
+    """``(label, raw)`` for one sentence of an answer about ``person_id`` (a simple or a rich world)."""
     text = sentence.strip()
-    if text in NOFACT_SENTENCES:
+    if text in world.nofact_sentences:
         return "nofact", "nofact"
     subject = world.person(person_id)
-    for attr, pattern in _PATTERNS:
+    for attr, pattern in world_patterns(world):
         m = pattern.match(text)
         if not m:
             continue
@@ -64,7 +70,7 @@ class OracleAnnotator:
     name = "toyworld-oracle"
 
     def __init__(self, world: str | os.PathLike | World):
-        self.world = world if isinstance(world, World) else World.load(Path(world))
+        self.world = world if hasattr(world, "person_for_question") else load_world(Path(world))
 
     def annotate(self, samples: Sequence[Sample], questions: dict[str, Question]) -> list[Annotation]:
         from ..sentences import split_sentences

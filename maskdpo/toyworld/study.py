@@ -20,7 +20,18 @@ the full pair set; reused when ``OUT/seed-S/`` already has them)::
 
 Then ``OUT/study-topics.{md,json,png}``. The held-out people belong to every
 family, so besides the whole held-out split the report scores those whose
-family was in the subset ("seen families") and those whose family was not.
+family was in the subset ("seen families") and those whose family was not. In
+the rich world (:mod:`maskdpo.toyworld.rich`) the subsets are drawn from the
+training families, and the held-out families (no member in preference
+training) are a third evaluation split.
+
+``--study mask`` (:func:`run_mask_study`): the same pairs and base policy,
+trained with the mask on both sides (Mask-DPO), on the chosen side only, on
+the rejected side only, and on neither (DPO); the four models and the base
+policy are scored on every split. The runs share ``OUT/seed-S/train/`` and
+``eval/`` with the demo, so a study after a demo only trains the two one-sided
+masks. Writes ``OUT/seed-S/study-mask/scores.json`` and
+``OUT/study-mask.{md,json,png}``.
 """
 
 from __future__ import annotations
@@ -31,15 +42,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..settings import settings_dict, write_settings
-from .demo import DemoSettings, _cell, _mean_spread, evaluate_model, prepare_seed, say, step_train, validate
+from .demo import (DemoSettings, _cell, _mean_spread, announce, differences_table, evaluate_model, metrics_table,
+                   plot_models, prepare_seed, resolve_threads, say, step_train, summarize, validate)
 
 FRACTIONS = (1 / 3, 2 / 3, 1.0)  # of the families: the paper's 894 / 1,788 / 2,682 topics are 1 : 2 : 3
 STUDY = "study-topics"
 FORMAT = "maskdpo/toyworld-study-topics@1"
 METRICS = ("anah", "fact_precision", "facts_per_response")
-GROUPS = ("train", "test", "test_seen", "test_unseen")  # test_*: held-out people of families in / not in the subset
+# test_seen / test_unseen: held-out people of families in / not in the subset; test_family: the held-out
+# families (rich world only).
+GROUPS = ("train", "test", "test_seen", "test_unseen", "test_family")
 GROUP_TITLES = {"train": "train", "test": "held-out", "test_seen": "held-out, seen families",
-                "test_unseen": "held-out, unseen families"}
+                "test_unseen": "held-out, unseen families", "test_family": "held-out families"}
 
 
 @dataclass(frozen=True)
@@ -125,12 +139,12 @@ def _group_metrics(metrics: dict, prep_world: Path, topics: tuple[str, ...] | No
     from ..jsonl import load_jsonl
     from ..records import Annotation
     from .demo import response_metrics
-    from .world import World
+    from .world import load_world
 
-    groups = {"train": metrics["train"], "test": metrics["test"]}
+    groups = {split: metrics[split] for split in ("train", "test", "test_family") if split in metrics}
     if topics is None:  # the base policy: no subset
         return groups
-    world = World.load(prep_world)
+    world = load_world(prep_world)
     question_topic = {q.id: q.topic for q in world.questions}
     records, _ = load_jsonl(metrics["test"]["annotations"], Annotation.from_dict)
     seen, unseen = split_by_topics(records, question_topic, topics)
@@ -143,13 +157,13 @@ def run_study_seed(settings: DemoSettings, seed: int) -> dict:
     """One seed: the shared steps, the subsets, Mask-DPO on each, evaluation; writes study-topics/scores.json."""
     from ..jsonl import load_jsonl, write_jsonl
     from ..records import Pair
-    from .world import World
+    from .world import load_world
 
     prep = prepare_seed(settings, seed)
     study = prep.folder / STUDY
     study.mkdir(exist_ok=True)
     pairs = load_jsonl(prep.pairs, Pair.from_dict)[0]
-    world = World.load(prep.world)
+    world = load_world(prep.world)
     question_topic = {p.question_id: world.person_for_question(p.question_id).family for p in pairs}
     subsets = select_topic_subsets(question_topic, FRACTIONS, seed)
     by_question = {p.question_id: p for p in pairs}
@@ -177,6 +191,8 @@ def run_study_seed(settings: DemoSettings, seed: int) -> dict:
 def run_topic_study(settings: DemoSettings) -> dict[str, Path]:
     """Every seed (each resumable), then ``OUT/study-topics.{md,json,png}``; returns their paths."""
     validate(settings)
+    settings = resolve_threads(settings)
+    announce(settings, runs_per_seed=1.3)  # three Mask-DPO runs instead of two trainings
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     write_settings(out / f"{STUDY}-settings.json", settings, fractions=list(FRACTIONS))
@@ -209,12 +225,13 @@ def summarize_study(per_seed: list[dict]) -> dict:
     if len(n_settings) != 1:
         raise ValueError(f"seeds differ in their number of study settings: {sorted(n_settings)}")
     summary: dict = {"seeds": [s["seed"] for s in per_seed],
-                     "base": {g: entry([s["base"].get(g) for s in per_seed]) for g in ("train", "test")},
+                     "base": {g: entry([s["base"].get(g) for s in per_seed]) for g in ("train", "test", "test_family")},
                      "settings": []}
     for i in range(n_settings.pop()):
         rows = [s["settings"][i] for s in per_seed]
         differences = {}
-        for g in ("train", "test"):  # against the fewest-topics setting, within each seed
+        for g in [g for g in ("train", "test", "test_family")
+                  if all(g in r["groups"] for r in rows)]:  # against the fewest-topics setting, within each seed
             diffs = [r["groups"][g]["anah"] - s["settings"][0]["groups"][g]["anah"] for r, s in zip(rows, per_seed)]
             mean, spread = _mean_spread(diffs)
             differences[g] = {"mean": mean, "spread": spread, "per_seed": diffs, "wins": sum(d > 0 for d in diffs)}
@@ -243,29 +260,33 @@ def study_markdown(summary: dict, settings: DemoSettings) -> str:
              "(top-k 40, T 0.8)" + (", mean ± sample standard deviation over seeds." if k > 1 else "."), "",
              "| Training pairs from | topics | pairs | pairs/topic | train: ANAH % | held-out: ANAH % "
              "| held-out, seen families | held-out, unseen families | held-out: fact precision % "
-             "| held-out: facts/answer |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| held-out: facts/answer | held-out families: ANAH % | held-out families: facts/answer |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     base = summary["base"]
     lines.append(f"| base policy (no preference training) | – | – | – | {_metric_cell(base['train'])} "
                  f"| {_metric_cell(base['test'])} | – | – | {_metric_cell(base['test'], 'fact_precision')} "
-                 f"| {_metric_cell(base['test'], 'facts_per_response')} |")
+                 f"| {_metric_cell(base['test'], 'facts_per_response')} | {_metric_cell(base.get('test_family'))} "
+                 f"| {_metric_cell(base.get('test_family'), 'facts_per_response')} |")
     for row in summary["settings"]:
         g = row["groups"]
         per_topic = sum(row["pairs"]) / sum(row["topics"])
         lines.append(f"| Mask-DPO, {_values_cell(row['topics'])} families | {_values_cell(row['topics'])} "
                      f"| {_values_cell(row['pairs'])} | {per_topic:.1f} | {_metric_cell(g['train'])} "
                      f"| {_metric_cell(g['test'])} | {_metric_cell(g['test_seen'])} | {_metric_cell(g['test_unseen'])} "
-                     f"| {_metric_cell(g['test'], 'fact_precision')} | {_metric_cell(g['test'], 'facts_per_response')} |")
+                     f"| {_metric_cell(g['test'], 'fact_precision')} | {_metric_cell(g['test'], 'facts_per_response')} "
+                     f"| {_metric_cell(g.get('test_family'))} | {_metric_cell(g.get('test_family'), 'facts_per_response')} |")
     first = summary["settings"][0]
     lines += ["", f"Within-seed differences of the ANAH score from the {_values_cell(first['topics'])}-family "
                   "setting (points; wins = seeds where more topics scored higher):", "",
-              "| Setting | train | held-out |", "|---|---:|---:|"]
+              "| Setting | " + " | ".join(GROUP_TITLES[g] for g in first["minus_fewest_topics"]) + " |",
+              "|---|" + "---:|" * len(first["minus_fewest_topics"])]
     for row in summary["settings"][1:]:
         d = row["minus_fewest_topics"]
         lines.append(f"| {_values_cell(row['topics'])} − {_values_cell(first['topics'])} families "
-                     + "".join(f"| {_cell(d[g]['per_seed'])} ({d[g]['wins']}/{k}) " for g in ("train", "test")) + "|")
+                     + "".join(f"| {_cell(d[g]['per_seed'])} ({d[g]['wins']}/{k}) " for g in d) + "|")
     lines += ["", "train = fresh samples of all training questions (of every family); held-out = people never in "
-                  "preference training, split into those whose family the subset covered and the others. "
+                  "preference training, split into those whose family the subset covered and the others; "
+                  "held-out families (rich world) = families none of whose members was in preference training. "
                   "Paper, Table 4 (894 / 1,788 / 2,682 topics): ANAH 65.04 / 71.56 / 77.53. "
                   "Per-seed details: seed-*/study-topics/scores.json."]
     return "\n".join(lines) + "\n"
@@ -279,7 +300,7 @@ def plot_study(summary: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.0, 3.6), dpi=120)
     xs = [sum(r["topics"]) / len(r["topics"]) for r in summary["settings"]]
-    for group, style in (("train", "o-"), ("test", "s-"), ("test_unseen", "^--")):
+    for group, style in (("train", "o-"), ("test", "s-"), ("test_unseen", "^--"), ("test_family", "d-.")):
         points = [(x, r["groups"][group]["anah"]) for x, r in zip(xs, summary["settings"])
                   if r["groups"][group] is not None]
         if not points:
@@ -310,4 +331,71 @@ def write_study_reports(settings: DemoSettings, per_seed: list[dict]) -> dict[st
                                          "fractions": list(FRACTIONS), "summary": summary, "per_seed": per_seed},
                                         indent=1, default=str) + "\n")
     plot_study(summary, paths["png"])
+    return paths
+
+
+# ---------------------------------------------------------------- the mask ablation
+
+MASK_STUDY = "study-mask"
+MASK_FORMAT = "maskdpo/toyworld-study-mask@1"
+MASK_MODELS = ("base", "dpo", "mask-chosen", "mask-rejected", "maskdpo")  # table order: none → one side → both
+MASK_DIFFERENCES = (("maskdpo", "dpo"), ("mask-chosen", "dpo"), ("mask-rejected", "dpo"),
+                    ("maskdpo", "mask-chosen"), ("maskdpo", "mask-rejected"))
+
+
+def run_mask_study_seed(settings: DemoSettings, seed: int) -> dict:
+    """One seed: the shared steps, the four masks from the same pairs and base policy, evaluation of each.
+
+    Returns the demo's per-seed shape (``{"seed", "pairs", "models": {name: {split: metrics}}}``) and writes
+    it to ``OUT/seed-S/study-mask/scores.json``.
+    """
+    prep = prepare_seed(settings, seed)
+    scores: dict = {"seed": seed, "pairs": prep.pair_stats, "models": {}}
+    for name in MASK_MODELS:
+        model = prep.base if name == "base" else step_train(prep.plan, prep.folder, name, prep.base, prep.pairs,
+                                                             seed, settings)
+        scores["models"][name] = evaluate_model(prep, name, model, seed, prep.folder / "eval")
+    folder = prep.folder / MASK_STUDY
+    folder.mkdir(exist_ok=True)
+    (folder / "scores.json").write_text(json.dumps(scores, indent=1) + "\n")
+    return scores
+
+
+def run_mask_study(settings: DemoSettings) -> dict[str, Path]:
+    """Every seed (each resumable), then ``OUT/study-mask.{md,json,png}``; returns their paths."""
+    validate(settings)
+    settings = resolve_threads(settings)
+    announce(settings, runs_per_seed=1.6)  # four trainings instead of two
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_settings(out / f"{MASK_STUDY}-settings.json", settings)
+    per_seed = [run_mask_study_seed(settings, seed)
+                for seed in range(settings.first_seed, settings.first_seed + settings.seeds)]
+    return write_mask_study_reports(settings, per_seed)
+
+
+def mask_study_markdown(summary: dict, settings: DemoSettings) -> str:
+    k = len(summary["seeds"])
+    lines = [f"# Toy-world study: which side to mask ({settings.world} world, {k} seed{'s' if k > 1 else ''}"
+             f"{', quick' if settings.quick else ''})", "",
+             "The same pairs and base policy, preference-trained with the mask on neither side (DPO), the chosen "
+             "side only (its hallucinated sentences left out), the rejected side only (its correct sentences left "
+             "out) and both (Mask-DPO). ANAH score (% correct sentences, nofact counted correct) of sampled answers "
+             "(top-k 40, T 0.8)" + (", mean ± sample standard deviation over seeds." if k > 1 else "."), ""]
+    lines += metrics_table(summary, MASK_MODELS)
+    lines += ["", "Within-seed differences of the ANAH score (points; wins = seeds where the first is higher):", ""]
+    lines += differences_table(summary)
+    lines += ["", "The paper trains only both and none. Per-seed details: seed-*/study-mask/scores.json."]
+    return "\n".join(lines) + "\n"
+
+
+def write_mask_study_reports(settings: DemoSettings, per_seed: list[dict]) -> dict[str, Path]:
+    out = Path(settings.out)
+    summary = summarize(per_seed, MASK_MODELS, MASK_DIFFERENCES)
+    paths = {"markdown": out / f"{MASK_STUDY}.md", "json": out / f"{MASK_STUDY}.json",
+             "png": out / f"{MASK_STUDY}.png"}
+    paths["markdown"].write_text(mask_study_markdown(summary, settings), encoding="utf-8")
+    paths["json"].write_text(json.dumps({"format": MASK_FORMAT, "settings": settings_dict(settings),
+                                         "summary": summary, "per_seed": per_seed}, indent=1, default=str) + "\n")
+    plot_models(summary, MASK_MODELS, paths["png"], "Toy world: which side of the pair to mask")
     return paths

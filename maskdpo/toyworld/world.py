@@ -127,6 +127,16 @@ class World:
     people: list[Person]
     questions: list[Question]
 
+    # What the oracle and the demo read from any world (the rich world has its own).
+    kind = "simple"
+    splits = ("train", "test")
+    answer_templates = TEMPLATES
+    document_templates = DOCUMENT_TEMPLATES
+    nofact_sentences = NOFACT_SENTENCES
+
+    def training_answer(self, person: Person, rng: random.Random) -> str:
+        return training_answer(person, rng)
+
     # ------------------------------------------------------------ lookups
     def person(self, person_id: str) -> Person:
         return self._by_id[person_id]
@@ -175,6 +185,22 @@ class World:
         families = [Family(**f) for f in d["families"]]
         people = [Person(**p) for p in d["people"]]
         return cls(settings, families, people, render_questions(people, settings))
+
+
+def load_world(path: str | os.PathLike):
+    """A :class:`World` or a :class:`maskdpo.toyworld.rich.RichWorld`, by the file's ``format``."""
+    from .rich import FORMAT as RICH_FORMAT, RichWorld
+
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such world file (write one with generate_world(...).save)") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not a world file (invalid JSON at line {exc.lineno})") from None
+    if isinstance(d, dict) and d.get("format") == RICH_FORMAT:
+        return RichWorld.from_dict(d, path)
+    return World.load(path)
 
 
 # ---------------------------------------------------------------- generation
@@ -291,13 +317,16 @@ def training_answer(person: Person, rng: random.Random) -> str:
     return " ".join(sentences)
 
 
-def training_corpus(world: World, answers_per_question: int, seed: int) -> list[tuple[Question, str]]:
-    """(question, answer) pairs for every question of both splits: the base policy's "pretraining"."""
+def training_corpus(world, answers_per_question: int, seed: int) -> list[tuple[Question, str]]:
+    """(question, answer) pairs for every question of every split: the base policy's "pretraining".
+
+    ``world``: a :class:`World` or a :class:`maskdpo.toyworld.rich.RichWorld` (each draws its own answers).
+    """
     rng = random.Random(f"corpus-{seed}")
     corpus = []
     for q in world.questions:
         person = world.person_for_question(q.id)
-        corpus.extend((q, training_answer(person, rng)) for _ in range(answers_per_question))
+        corpus.extend((q, world.training_answer(person, rng)) for _ in range(answers_per_question))
     rng.shuffle(corpus)
     return corpus
 

@@ -1,0 +1,119 @@
+"""The demo's pure parts: thread choice, expected time, the reports on synthetic results, the test-only mask flip."""
+
+import json
+import math
+
+import pytest
+
+from maskdpo.jsonl import load_jsonl, write_jsonl
+from maskdpo.pairs import PairSettings, build_pairs
+from maskdpo.records import Annotation, Pair, Sentence
+from maskdpo.toyworld.demo import (DemoSettings, _split_pair_key, default_threads, expected_minutes,
+                                   flipped_labels_pairs, make_plan, report_markdown, resolve_threads, splits_of,
+                                   summarize)
+from maskdpo.toyworld.rich import RichSettings
+from maskdpo.toyworld.study import MASK_MODELS, write_mask_study_reports
+from maskdpo.toyworld.world import WorldSettings
+
+
+def test_default_threads_follow_the_free_cores():
+    assert default_threads(2, 0.1) == 1  # 1.9 free cores: one whole core
+    assert default_threads(2, 1.7) == 1  # busy: still at least one
+    assert default_threads(2, 6.0) == 1
+    assert default_threads(4, 0.5) == 3
+    assert default_threads(64, 1.0) == 4  # more threads do not help a tiny model
+    assert default_threads(None, 0.0) == 1 and default_threads(8, None) == 1  # unknown: one
+
+
+def test_resolve_threads_keeps_an_explicit_choice_and_fills_a_missing_one():
+    assert resolve_threads(DemoSettings(out="x", threads=3)).threads == 3
+    chosen = resolve_threads(DemoSettings(out="x")).threads
+    assert isinstance(chosen, int) and 1 <= chosen <= 4
+
+
+def test_expected_minutes_scale_with_seeds_and_size():
+    quick = expected_minutes(DemoSettings(out="x", quick=True))
+    assert expected_minutes(DemoSettings(out="x", quick=True, seeds=3)) == pytest.approx(3 * quick)
+    assert expected_minutes(DemoSettings(out="x")) > quick
+
+
+def test_plans_per_world():
+    rich, simple = make_plan(DemoSettings(out="x"), 3), make_plan(DemoSettings(out="x", world="simple"), 3)
+    assert isinstance(rich.world, RichSettings) and isinstance(simple.world, WorldSettings)
+    assert simple.world == WorldSettings(seed=3, families=20, people_per_family=7, test_per_family=2,
+                                         questions_per_person=2)  # the simple world's sizes are unchanged
+    assert simple.max_new_tokens == 96 and simple.dpo_lr == 2e-4 and rich.dpo_lr == 2e-4
+    q = make_plan(DemoSettings(out="x", quick=True), 0).world
+    training_families = q.regions * (q.families_per_region - q.heldout_families_per_region)
+    assert training_families * (q.people_per_family - q.test_per_family) * q.questions_per_person == 96
+
+
+def _metrics(anah: float) -> dict:
+    return {"anah": anah, "fact_precision": anah - 20, "facts_per_response": 4.0, "annotations": "unused"}
+
+
+def _seed(seed: int, offsets: dict[str, float], splits=("train", "test", "test_family")) -> dict:
+    return {"seed": seed, "pairs": {"kept": 90},
+            "models": {name: {s: _metrics(60 + off + i) for i, s in enumerate(splits)} for name, off in offsets.items()}}
+
+
+def test_demo_report_has_a_column_group_per_split_and_within_seed_wins(tmp_path):
+    per_seed = [_seed(0, {"base": 0, "dpo": 5, "maskdpo": 8}), _seed(1, {"base": 0, "dpo": 6, "maskdpo": 5})]
+    summary = summarize(per_seed)
+    assert summary["splits"] == ["train", "test", "test_family"]
+    d = summary["differences"]["maskdpo-dpo"]["test_family"]
+    assert d["per_seed"] == [3.0, -1.0] and d["wins"] == 1 and d["mean"] == pytest.approx(1.0)
+    md = report_markdown(summary, DemoSettings(out=tmp_path, seeds=2))
+    assert "held-out families: ANAH % | held-out families: fact precision % | held-out families: facts/answer" in md
+    assert "| Mask-DPO − DPO (mask none) | 1.00 ± 2.83 (1/2) | 1.00 ± 2.83 (1/2) | 1.00 ± 2.83 (1/2) |" in md
+    assert "rich world, 2 seeds" in md
+    simple = [_seed(0, {"base": 0, "dpo": 5, "maskdpo": 8}, splits=("train", "test"))]
+    assert splits_of(simple) == ("train", "test")
+    assert "held-out families" not in report_markdown(summarize(simple), DemoSettings(out=tmp_path, world="simple"))
+
+
+def test_mask_study_report_on_synthetic_results(tmp_path):
+    offsets = {"base": 0, "dpo": 4, "mask-chosen": 5, "mask-rejected": 6, "maskdpo": 9}
+    per_seed = [_seed(0, offsets), _seed(1, {**offsets, "maskdpo": 3})]
+    paths = write_mask_study_reports(DemoSettings(out=tmp_path, quick=True, seeds=2, study="mask"), per_seed)
+    md = paths["markdown"].read_text()
+    for title in ("base policy", "DPO (mask none)", "mask chosen only", "mask rejected only", "Mask-DPO"):
+        assert f"| {title} |" in md
+    assert "| mask rejected only − DPO (mask none) | 2.00 ± 0.00 (2/2) |" in md
+    assert "| Mask-DPO − mask chosen only | 1.00 ± 4.24 (1/2) |" in md
+    report = json.loads(paths["json"].read_text())
+    assert report["format"] == "maskdpo/toyworld-study-mask@1"
+    assert list(report["summary"]["models"]) == list(MASK_MODELS)
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_difference_keys_split_on_model_names():
+    assert _split_pair_key("mask-chosen-dpo") == ("mask-chosen", "dpo")
+    assert _split_pair_key("maskdpo-mask-rejected") == ("maskdpo", "mask-rejected")
+    with pytest.raises(KeyError):
+        _split_pair_key("maskdpo-nothing")
+
+
+def _annotation(index: int, labels: list[str]) -> Annotation:
+    texts = [f"Sentence {i}." for i in range(len(labels))]
+    response = " ".join(texts)
+    sentences, start = [], 0
+    for text, label in zip(texts, labels):
+        sentences.append(Sentence(text=text, start=start, end=start + len(text), label=label))
+        start += len(text) + 1
+    return Annotation(question_id="tw-p0001-q0", sample_index=index, messages=[{"role": "user", "content": "Q?"}],
+                      response=response, model="m", backend="hf", generation={}, sentences=sentences)
+
+
+def test_the_test_only_flip_swaps_every_sentence_label_and_nothing_else(tmp_path):
+    pairs, _ = build_pairs([_annotation(0, ["nofact", "ok", "ok", "contradictory"]),
+                            _annotation(1, ["ok", "unverifiable", "contradictory"])], PairSettings())
+    write_jsonl(tmp_path / "pairs.jsonl", [p.to_dict() for p in pairs])
+    flipped = load_jsonl(flipped_labels_pairs(tmp_path / "pairs.jsonl", tmp_path / "flipped.jsonl"), Pair.from_dict)[0]
+    (before,), (after,) = pairs, flipped
+    swap = {"hallucination": "no_hallucination", "no_hallucination": "hallucination"}
+    for side in ("chosen_item", "rejected_item"):
+        assert getattr(after, side).type == [swap[t] for t in getattr(before, side).type]
+        assert getattr(after, side).sents == getattr(before, side).sents
+    assert (after.chosen, after.rejected, after.id) == (before.chosen, before.rejected, before.id)
+    assert not math.isnan(after.chosen_score)
