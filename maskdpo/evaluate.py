@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from .backends.base import ChatBackend, Decoding, load_backend
-from .jsonl import RecordError, iter_jsonl, load_jsonl, write_jsonl
+from .jsonl import ReadStats, RecordError, iter_jsonl, load_jsonl, write_jsonl
 from .labels import LabelPolicy
 from .metrics.anah import anah_runs
 from .metrics.factscore import factscore, items_from_samples
@@ -25,6 +25,7 @@ from .prompt_sets import load_anah_questions, load_biography_prompts
 from .records import Annotation, Question, Sample
 from .report import ModelResult, write_report
 from .settings import knob, settings_dict, write_settings
+from .validate import check_output_dir, read_annotations, read_samples
 
 Metric = Literal["anah", "factscore", "both"]
 
@@ -68,13 +69,16 @@ def load_topic_questions(paths: list[Path]) -> dict[str, Question]:
     return questions
 
 
-def load_annotations(path: Path) -> list[Annotation]:
-    """Annotation records; a file of unannotated samples gets a hint instead of a bare field error."""
+def load_annotations(path: Path, *, skip_invalid: bool = False, allow_empty: bool = False,
+                     stats: ReadStats | None = None) -> list[Annotation]:
+    """Annotation records; a repeated sample is an error naming both lines (never counted twice), an
+    empty file an error unless ``allow_empty``; a file of unannotated samples gets a hint."""
     try:
-        return load_jsonl(path, Annotation.from_dict)[0]
+        return [a for _, a in read_annotations(path, skip_invalid=skip_invalid, allow_empty=allow_empty,
+                                               stats=stats)]
     except RecordError as exc:
         if exc.field in ("format", "sentences") and _first_format(path) in ("maskdpo/sample@1", None):
-            raise ValueError(f"{exc}\n{path} holds samples, not annotations: label them first with "
+            raise ValueError(f"{exc}; {path} holds samples, not annotations: label them first with "
                              f"`maskdpo annotate` (ANAH-v2 judge), or use `maskdpo eval run`") from None
         raise
 
@@ -102,6 +106,7 @@ def make_judge(settings: ScoreSettings, backend: ChatBackend | None = None) -> C
 def validate(settings: ScoreSettings, anah: list[str], facts: list[str]) -> None:
     if settings.out in (None, ""):
         raise ValueError("--out is required")
+    check_output_dir(settings.out)
     if settings.metric in ("anah", "both") and not anah:
         raise ValueError(f"--metric {settings.metric} needs at least one --anah NAME=ANNOTATIONS.jsonl")
     if settings.metric in ("factscore", "both"):
@@ -114,22 +119,26 @@ def validate(settings: ScoreSettings, anah: list[str], facts: list[str]) -> None
 
 
 def score_files(settings: ScoreSettings, anah: list[str], facts: list[str], questions: list[Path] = (),
-                judge_backend: ChatBackend | None = None, progress: bool = True) -> dict[str, Path]:
+                judge_backend: ChatBackend | None = None, progress: bool = True, *, skip_invalid: bool = False,
+                allow_empty: bool = False, read_stats: ReadStats | None = None) -> dict[str, Path]:
     """Score ``NAME=FILE,...`` specs (one file per run) and write the reports; returns the report paths.
 
     ``judge_backend`` replaces the one the settings name (tests pass a double).
+    Every input is read and checked (repeated records, empty files) before
+    anything is scored or written; ``read_stats`` receives what the reads saw.
     """
     anah = anah if settings.metric != "factscore" else []
     facts = facts if settings.metric != "anah" else []
     validate(settings, anah, facts)
+    read = dict(skip_invalid=skip_invalid, allow_empty=allow_empty, stats=read_stats)
     anah_inputs = {}
     for spec in anah:
         name, files = parse_spec(spec)
-        anah_inputs[name] = [load_annotations(f) for f in files]
+        anah_inputs[name] = [load_annotations(f, **read) for f in files]
     fact_inputs = {}
     for spec in facts:
         name, files = parse_spec(spec)
-        fact_inputs[name] = [(str(f), load_jsonl(f, Sample.from_dict)[0]) for f in files]
+        fact_inputs[name] = [(str(f), [s for _, s in read_samples(f, **read)]) for f in files]
     topics = load_topic_questions(list(questions)) if fact_inputs else {}
     extra = {"anah": list(anah), "factscore": list(facts), "questions": [str(q) for q in questions]}
     return score_models(settings, anah_inputs, fact_inputs, topics, judge_backend, progress, extra)
@@ -212,9 +221,11 @@ def _runs_by_index(records: list, runs: int) -> list[list]:
     return [[r for r in records if r.sample_index == j] for j in range(runs)]
 
 
-def validate_end_to_end(settings: EndToEndSettings, models: list[str]) -> list[tuple[str, str]]:
+def validate_end_to_end(settings: EndToEndSettings, models: list[str], sampler: ChatBackend | None = None
+                        ) -> list[tuple[str, str]]:
     if settings.out in (None, ""):
         raise ValueError("--out is required")
+    check_output_dir(settings.out)
     pairs = []
     for spec in models:
         name, sep, path = spec.partition("=")
@@ -223,6 +234,11 @@ def validate_end_to_end(settings: EndToEndSettings, models: list[str]) -> list[t
         pairs.append((name.strip(), path.strip()))
     if len({n for n, _ in pairs}) != len(pairs):
         raise ValueError(f"--model names must be unique, got {[n for n, _ in pairs]}")
+    if sampler is None:
+        from .sample import check_model_path
+
+        for _, path in pairs:
+            check_model_path(settings.backend, path)
     if settings.metric in ("anah", "both") and settings.anah_questions is None:
         raise ValueError(f"--metric {settings.metric} needs --anah-questions")
     if settings.metric in ("factscore", "both"):
@@ -249,7 +265,7 @@ def run_end_to_end(settings: EndToEndSettings, models: list[str], *, sampler: Ch
     from .annotate.run import run_annotation
     from .sample import run_sampling
 
-    pairs = validate_end_to_end(settings, models)
+    pairs = validate_end_to_end(settings, models, sampler)
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     do_anah = settings.metric in ("anah", "both")

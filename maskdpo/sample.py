@@ -19,11 +19,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Literal, Optional
 
-from .backends.base import ChatBackend, Decoding, GenerationRequest, load_backend
+from .backends.base import ChatBackend, Decoding, GenerationRequest, finish_reason_of, load_backend
 from .backends.prompting import derive_seed
 from .jsonl import JsonlAppender, RecordError, load_jsonl
 from .records import Question, Sample
@@ -31,7 +31,7 @@ from .settings import knob, settings_dict, write_settings
 
 # Settings that change what a sample is; resuming into a file made with others is an error.
 IDENTITY_FIELDS = ("questions", "model", "backend", "n", "top_k", "top_p", "temperature", "max_new_tokens", "seed",
-                   "system_prompt", "greedy")
+                   "system_prompt", "greedy", "server_profile", "server_n")
 
 
 @dataclass
@@ -59,6 +59,20 @@ class SampleSettings:
                                          "(default: $OPENAI_BASE_URL).")
     api_key: Optional[str] = knob(None, "openai backend: API key (default: $OPENAI_API_KEY). Never written to disk.")
     concurrency: int = knob(8, "openai backend: calls in flight.")
+    server_profile: Literal["auto", "extended", "openai"] = knob(
+        "auto", "openai backend: which sampling fields the server is sent. extended: top_k, min_p 0 and "
+                "repetition penalty 1.0 too (vLLM, LMDeploy, llama.cpp); openai: OpenAI's own fields only (top_k "
+                "is then NOT sent, and said so); auto: extended, switching once to openai if the server refuses "
+                "the extra fields.")
+    server_n: bool = knob(False, "openai backend: one call with n and the question's seed instead of n calls with "
+                                 "per-response seeds (only for servers that honour n).")
+    tokenizer: Optional[str] = knob(None, "openai backend: a local copy of the served model's tokenizer, to record "
+                                          "the chat template the server is expected to apply.")
+    max_retries: int = knob(5, "openai backend: retries of a failed call (connection errors, timeouts, HTTP 429/"
+                               "502/503/504; HTTP 500 at most twice; other errors never).")
+    timeout: float = knob(600.0, "openai backend: seconds per call.")
+    allow_model_mismatch: bool = knob(False, "openai backend: only warn (and count) when the server serves another "
+                                             "model than --model, instead of stopping.")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -138,7 +152,12 @@ def backend_options(backend: str, settings: Any) -> dict:
     if backend == "hf":
         return {"device": settings.device, "batch_size": settings.batch_size}
     if backend == "openai":
-        return {"base_url": settings.base_url, "api_key": settings.api_key, "concurrency": settings.concurrency}
+        options = {"base_url": settings.base_url, "api_key": settings.api_key, "concurrency": settings.concurrency}
+        # Stages that do not declare a knob get the backend's default.
+        for name in ("server_profile", "server_n", "tokenizer", "max_retries", "timeout", "allow_model_mismatch"):
+            if getattr(settings, name, None) is not None:
+                options[name] = getattr(settings, name)
+        return options
     if backend == "lmdeploy":
         return {"tp": settings.tp, "engine": settings.engine}
     return {}
@@ -171,11 +190,44 @@ class SampleSummary:
     written: int  # samples written by this run
     already_done: int  # samples found in the output and skipped
     seconds: float
+    truncated: int = 0  # samples written with finish_reason "length"
+    notes: list[str] = field(default_factory=list)  # what the backend reports (openai: profile, retries...)
 
     def line(self) -> str:
         rate = self.written / self.seconds if self.seconds > 0 else 0.0
-        return (f"{self.out}: {self.written} samples written ({rate:.2f} samples/s), "
+        text = (f"{self.out}: {self.written} samples written ({rate:.2f} samples/s), "
                 f"{self.already_done} already there, {self.questions} questions in this shard")
+        if self.truncated:
+            text += (f"; {self.truncated} TRUNCATED (finish_reason \"length\": max-new-tokens or the server's "
+                     "context ran out)")
+        return "\n".join([text] + [f"  {note}" for note in self.notes])
+
+
+def responses_in_order(backend: ChatBackend, requests: list[GenerationRequest], decoding: Decoding,
+                       batch_size: int) -> Iterator[tuple[int, list[str]]]:
+    """``(request index, its responses)`` in order, each as soon as the backend has it: per request
+    from a backend that streams (``generate_stream``: openai), else per ``generate`` call of
+    ``batch_size`` requests."""
+    stream = getattr(backend, "generate_stream", None)
+    chunks = [requests] if stream is not None else \
+        [requests[b:b + batch_size] for b in range(0, len(requests), batch_size)]
+    offset = 0
+    for chunk in chunks:
+        results = stream(chunk, decoding) if stream is not None else enumerate(backend.generate(chunk, decoding))
+        count = 0
+        for i, texts in results:
+            if i != count or i >= len(chunk) or len(texts) != chunk[i].n:
+                raise RuntimeError(f"backend {backend.name} returned {len(texts)} responses as request {offset + i}; "
+                                   f"expected request {offset + count} with n={settings_n(chunk, count)}")
+            yield offset + i, texts
+            count += 1
+        if count != len(chunk):
+            raise RuntimeError(f"backend {backend.name} answered {count} of {len(chunk)} requests")
+        offset += len(chunk)
+
+
+def settings_n(requests: list[GenerationRequest], index: int) -> int | None:
+    return requests[index].n if index < len(requests) else None
 
 
 def run_sampling(settings: SampleSettings, backend: ChatBackend | None = None) -> SampleSummary:
@@ -200,30 +252,31 @@ def run_sampling(settings: SampleSettings, backend: ChatBackend | None = None) -
         write_settings(settings_path(out), recorded, backend_name=backend.name, decoding=decoding.to_dict(),
                        chat_template=getattr(backend, "chat_template_meta", None))
         start = time.perf_counter()  # after loading: the rate is the generation rate
-        written = 0
+        written = truncated = 0
+        requests = [GenerationRequest(prompt_messages(q, settings.system_prompt), n=settings.n,
+                                      seed=question_seed(settings.seed, q.id)) for q in pending]
+        # One seed per response, except where the server draws all n from the question's seed.
+        per_response_seeds = not settings.greedy and not getattr(backend, "server_n", False)
         with tqdm(total=todo, unit="sample", desc="sampling", dynamic_ncols=True) as bar:
-            for b in range(0, len(pending), settings.batch_size):
-                batch = pending[b:b + settings.batch_size]
-                seeds = [question_seed(settings.seed, q.id) for q in batch]
-                requests = [GenerationRequest(prompt_messages(q, settings.system_prompt), n=settings.n, seed=s)
-                            for q, s in zip(batch, seeds)]
-                responses = backend.generate(requests, decoding)
-                if len(responses) != len(batch) or any(len(r) != settings.n for r in responses):
-                    raise RuntimeError(f"backend {backend.name} returned {[len(r) for r in responses]} responses "
-                                       f"for {len(batch)} requests of n={settings.n}")
-                for q, req, texts in zip(batch, requests, responses):
-                    row_seeds = [None] * settings.n if settings.greedy else \
-                        [derive_seed(req.seed, j) for j in range(settings.n)]
-                    for j, text in enumerate(texts):
-                        if (q.id, j) in writer:
-                            continue  # written before an interruption
-                        sample = Sample(question_id=q.id, sample_index=j, messages=req.messages, response=text,
-                                        model=backend.model, backend=backend.name,
-                                        generation={**decoding.to_dict(), "seed": row_seeds[j],
-                                                    "question_seed": req.seed, "base_seed": settings.seed},
-                                        meta={"topic": q.topic, "language": q.language,
-                                              "chat_template": getattr(backend, "chat_template_meta", None)})
-                        writer.write(sample.to_dict())
-                        written += 1
-                        bar.update(1)
-    return SampleSummary(str(out), len(questions), written, already, time.perf_counter() - start)
+            # Each question's samples are written as soon as it (and every question before it) is complete.
+            for i, texts in responses_in_order(backend, requests, decoding, settings.batch_size):
+                q, req = pending[i], requests[i]
+                for j, text in enumerate(texts):
+                    if (q.id, j) in writer:
+                        continue  # written before an interruption
+                    generation = {**decoding.to_dict(), "seed": derive_seed(req.seed, j) if per_response_seeds else None,
+                                  "question_seed": req.seed, "base_seed": settings.seed}
+                    server = getattr(text, "server", None)  # openai: profile, fields sent and not sent, served model
+                    if server is not None:
+                        generation["server"] = server
+                    sample = Sample(question_id=q.id, sample_index=j, messages=req.messages, response=str(text),
+                                    model=backend.model, backend=backend.name, generation=generation,
+                                    meta={"topic": q.topic, "language": q.language,
+                                          "chat_template": getattr(backend, "chat_template_meta", None)},
+                                    finish_reason=finish_reason_of(text))
+                    writer.write(sample.to_dict())
+                    written += 1
+                    truncated += sample.finish_reason == "length"
+                    bar.update(1)
+    notes = backend.notes() if hasattr(backend, "notes") else []
+    return SampleSummary(str(out), len(questions), written, already, time.perf_counter() - start, truncated, notes)

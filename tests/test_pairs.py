@@ -121,7 +121,7 @@ def test_pairs_command_bad_input(tmp_path):
     path.write_text("\n".join([lines[0], lines[1], json.dumps(bad), "{not json", *lines[3:]]) + "\n", encoding="utf-8")
     runner = CliRunner()
     result = runner.invoke(main, ["pairs", "--annotations", str(path), "--out", str(tmp_path / "p.jsonl")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert f"{path}:3: field 'sentences[1].label': unknown label 'maybe'" in result.output
     assert "Traceback" not in result.output
     result = runner.invoke(main, ["pairs", "--annotations", str(path), "--out", str(tmp_path / "p.jsonl"),
@@ -162,7 +162,7 @@ def test_masks_command_names_a_sentence_not_in_the_response(tmp_path, smollm2_to
     path = tmp_path / "authors.jsonl"
     path.write_text(json.dumps(d) + "\n")
     result = CliRunner().invoke(main, ["masks", "--pairs", str(path), "--tokenizer", str(smollm2_tokenizer_dir)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert f"{path}:1: pair 'sha1:" in result.output and "': rejected_item.sents[1]" in result.output and "does not contain" in result.output
 
 

@@ -96,7 +96,7 @@ def test_bad_questions_name_file_line_and_field(tmp_path, tiny_llama_dir, tiny_b
     with pytest.raises(RecordError, match=r"q\.jsonl:2: field 'language'"):
         run_sampling(settings(tmp_path, tiny_llama_dir), tiny_backend)
     q.write_text('{"id": "a", "question": "ok?"}\n{"id": "a", "question": "again?"}\n')
-    with pytest.raises(RecordError, match=r"q\.jsonl:2: field 'id': question id 'a' repeats record 1"):
+    with pytest.raises(RecordError, match=r"q\.jsonl:2: field 'id': question id 'a' repeats line 1"):
         run_sampling(settings(tmp_path, tiny_llama_dir), tiny_backend)
 
 

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..jsonl import JsonlAppender, RecordError, load_jsonl
+from ..jsonl import JsonlAppender
 from ..records import Annotation, Sample
 from ..sample import check_resumable, load_questions, parse_shard, select_items, settings_path
 from ..settings import knob, settings_dict, write_settings
+from ..validate import check_known_questions, check_output_file, read_samples
 from .base import ANNOTATORS, Annotator
 
 IDENTITY_FIELDS = ("samples", "questions", "annotator", "backend", "model", "prompts", "unparseable",
@@ -51,6 +52,8 @@ class AnnotateSettings:
     base_url: Optional[str] = knob(None, "openai backend: server URL (default: $OPENAI_BASE_URL).")
     api_key: Optional[str] = knob(None, "openai backend: API key (default: $OPENAI_API_KEY). Never written to disk.")
     concurrency: int = knob(8, "openai backend: calls in flight.")
+    skip_invalid: bool = knob(False, "Skip and count malformed sample and question lines instead of stopping.")
+    allow_empty: bool = knob(False, "Accept a samples or questions file with no record (otherwise an error).")
 
 
 @dataclass
@@ -99,14 +102,11 @@ def parse_options(text: str | None) -> dict:
     return options
 
 
-def load_samples(path: Path) -> list[Sample]:
-    samples, _ = load_jsonl(path, Sample.from_dict)
-    seen: dict[tuple[str, int], int] = {}
-    for line, s in enumerate(samples, start=1):
-        if s.key in seen:
-            raise RecordError(path, line, "sample_index", f"sample {s.key} repeats record {seen[s.key]}")
-        seen[s.key] = line
-    return samples
+def load_samples(path: Path, *, skip_invalid: bool = False, allow_empty: bool = False,
+                 stats=None) -> list[tuple[int, Sample]]:
+    """``(line, sample)`` in file order; a repeated ``(question_id, sample_index)`` is an error naming
+    both lines, an empty file an error unless ``allow_empty``."""
+    return read_samples(path, skip_invalid=skip_invalid, allow_empty=allow_empty, stats=stats)
 
 
 def validate(settings: AnnotateSettings) -> None:
@@ -119,16 +119,27 @@ def validate(settings: AnnotateSettings) -> None:
     parse_options(settings.annotator_options)
 
 
-def run_annotation(settings: AnnotateSettings, annotator: Annotator | None = None) -> AnnotateSummary:
-    """Annotate the selected samples, appending to ``settings.out``."""
+def run_annotation(settings: AnnotateSettings, annotator: Annotator | None = None,
+                   read_stats=None) -> AnnotateSummary:
+    """Annotate the selected samples, appending to ``settings.out``.
+
+    Inputs (every sample's question known), the output location and the
+    resume guard are checked before a judge loads; ``read_stats`` receives
+    what the reads saw (questions and samples together).
+    """
     from tqdm import tqdm
 
     validate(settings)
     out = Path(settings.out)
-    questions = {q.id: q for q in load_questions(Path(settings.questions))}
-    samples = select_items(load_samples(Path(settings.samples)), settings.limit, settings.shard)
+    check_output_file(out)
+    check_output_file(settings_path(out), "settings file")
+    read = dict(skip_invalid=settings.skip_invalid, allow_empty=settings.allow_empty, stats=read_stats)
+    questions = {q.id: q for q in load_questions(Path(settings.questions), **read)}
+    located = select_items(load_samples(Path(settings.samples), **read), settings.limit, settings.shard)
+    check_known_questions(settings.samples, located, questions, settings.questions)
+    samples = [s for _, s in located]
     recorded = dataclasses.replace(settings, api_key=None)
-    check_resumable(settings_path(out), settings_dict(recorded), IDENTITY_FIELDS)
+    check_resumable(settings_path(out), settings_dict(recorded), IDENTITY_FIELDS, out)
 
     with JsonlAppender(out, key=lambda d: (str(d["question_id"]), int(d["sample_index"]))) as writer:
         pending = [s for s in samples if s.key not in writer]

@@ -48,3 +48,9 @@ def reports_errors(command: Callable) -> Callable:
             raise CommandError(one_line(exc)) from None
 
     return wrapper
+
+
+def report_skipped(stats, err: bool = True) -> None:
+    """One line, the same in every command: how many input lines ``--skip-invalid`` skipped, and the first."""
+    if stats is not None and stats.skipped:
+        click.echo(f"skipped {len(stats.skipped)} invalid input lines (first: {stats.skipped[0]})", err=err)

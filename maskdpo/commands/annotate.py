@@ -6,10 +6,12 @@ import click
 
 from ..annotate.run import AnnotateSettings, run_annotation
 from ..settings import click_options, settings_from_options
+from . import report_skipped, reports_errors
 
 
 @click.command("annotate", context_settings={"max_content_width": 100})
 @click_options(AnnotateSettings)
+@reports_errors
 def annotate(**options: object) -> None:
     """Split every sample's response into sentences and label each one.
 
@@ -20,9 +22,10 @@ def annotate(**options: object) -> None:
     --unparseable (default unverifiable) and is counted in the summary.
     Resumable and shardable like `maskdpo sample`.
     """
+    from ..jsonl import ReadStats
+
     settings = settings_from_options(AnnotateSettings, options)
-    try:
-        summary = run_annotation(settings)
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
+    stats = ReadStats()
+    summary = run_annotation(settings, read_stats=stats)
+    report_skipped(stats)
     click.echo(summary.line())

@@ -12,9 +12,9 @@ import click
 
 from ..evaluate import EndToEndSettings, ScoreSettings  # light: heavy imports happen inside the stages
 from ..settings import click_options, settings_from_options
+from . import report_skipped, reports_errors
 
 _CONTEXT = {"max_content_width": 100, "help_option_names": ["-h", "--help"]}
-_ERRORS = (ValueError, RuntimeError, FileNotFoundError, LookupError)
 
 
 @click.group("eval", context_settings=_CONTEXT)
@@ -43,7 +43,11 @@ def _echo_paths(paths: dict) -> None:
               help="Question files giving each response's topic: FActScore entity list (.txt) or question/ANAH "
                    "files. Optional when samples carry meta.topic.")
 @click_options(ScoreSettings)
-def score(anah: tuple[str, ...], facts: tuple[str, ...], questions: tuple[Path, ...], **options: object) -> None:
+@click.option("--skip-invalid", is_flag=True, help="Skip and count malformed input lines instead of stopping.")
+@click.option("--allow-empty", is_flag=True, help="Accept an input file with no record (otherwise an error).")
+@reports_errors
+def score(anah: tuple[str, ...], facts: tuple[str, ...], questions: tuple[Path, ...], skip_invalid: bool,
+          allow_empty: bool, **options: object) -> None:
     """Compute the ANAH score and/or FactScore of one or several models and write the report.
 
     \b
@@ -54,12 +58,13 @@ def score(anah: tuple[str, ...], facts: tuple[str, ...], questions: tuple[Path, 
                and cached (OUT/judge-cache.jsonl), so a rerun pays no call twice.
     """
     from ..evaluate import score_files
+    from ..jsonl import ReadStats
 
     settings = settings_from_options(ScoreSettings, options)
-    try:
-        paths = score_files(settings, list(anah), list(facts), list(questions))
-    except _ERRORS as exc:
-        raise click.ClickException(str(exc)) from None
+    stats = ReadStats()
+    paths = score_files(settings, list(anah), list(facts), list(questions), skip_invalid=skip_invalid,
+                        allow_empty=allow_empty, read_stats=stats)
+    report_skipped(stats)
     _echo_paths(paths)
 
 
@@ -67,6 +72,7 @@ def score(anah: tuple[str, ...], facts: tuple[str, ...], questions: tuple[Path, 
 @click.option("--model", "models", multiple=True, required=True, metavar="NAME=PATH",
               help="A model to evaluate (path or served name). Repeat per model.")
 @click_options(EndToEndSettings)
+@reports_errors
 def run(models: tuple[str, ...], **options: object) -> None:
     """Evaluate models end to end: sample (greedy by default), annotate, score, report.
 
@@ -76,8 +82,5 @@ def run(models: tuple[str, ...], **options: object) -> None:
     from ..evaluate import run_end_to_end
 
     settings = settings_from_options(EndToEndSettings, options)
-    try:
-        paths = run_end_to_end(settings, list(models))
-    except _ERRORS as exc:
-        raise click.ClickException(str(exc)) from None
+    paths = run_end_to_end(settings, list(models))
     _echo_paths(paths)

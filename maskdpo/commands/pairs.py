@@ -8,6 +8,7 @@ import click
 
 from ..settings import click_options, settings_from_options
 from ..pairs import PairSettings
+from . import reports_errors
 
 
 def settings_path(out: Path) -> Path:
@@ -16,16 +17,26 @@ def settings_path(out: Path) -> Path:
 
 
 def run_pairs(annotations: Path, out: Path, settings: PairSettings, *, skip_invalid: bool = False,
-              authors_format: bool = False, echo=click.echo):
-    """Read annotations, build pairs, write them and the effective settings; return ``(pairs, stats)``."""
-    from ..jsonl import load_jsonl, write_jsonl
-    from ..pairs import build_pairs
-    from ..records import Annotation
-    from ..settings import write_settings
+              authors_format: bool = False, allow_empty: bool = False, echo=click.echo):
+    """Read annotations, build pairs, write them and the effective settings; return ``(pairs, stats)``.
 
-    records, read = load_jsonl(annotations, Annotation.from_dict, skip_invalid=skip_invalid)
+    The output location is checked first; the annotations are checked across
+    records (a repeated sample, two prompts for one question) with file and line.
+    """
+    from ..jsonl import ReadStats, write_jsonl
+    from ..pairs import build_pairs
+    from ..settings import write_settings
+    from ..validate import check_output_file, check_same_prompt, read_annotations
+    from . import report_skipped
+
+    check_output_file(out)
+    check_output_file(settings_path(out), "settings file")
+    read = ReadStats()
+    located = read_annotations(annotations, skip_invalid=skip_invalid, allow_empty=allow_empty, stats=read)
+    located = check_same_prompt(annotations, located, skip_invalid=skip_invalid, stats=read)
     echo(read.summary(annotations))
-    pairs, stats = build_pairs(records, settings)
+    report_skipped(read, err=False)
+    pairs, stats = build_pairs([a for _, a in located], settings)
     write_jsonl(out, [p.to_authors_dict() if authors_format else p.to_dict() for p in pairs])
     write_settings(settings_path(out), settings, annotations=str(annotations), authors_format=authors_format,
                    invalid_lines_skipped=len(read.skipped), stats=stats.to_dict())
@@ -42,9 +53,11 @@ def run_pairs(annotations: Path, out: Path, settings: PairSettings, *, skip_inva
                    "(<name>.settings.json).")
 @click_options(PairSettings)
 @click.option("--skip-invalid", is_flag=True, help="Skip and count malformed annotation lines instead of stopping.")
+@click.option("--allow-empty", is_flag=True, help="Accept an annotations file with no record (otherwise an error).")
 @click.option("--authors-format", is_flag=True,
               help="Write the authors' released format exactly (no spans, ids or scores) instead of ours.")
-def pairs(annotations: Path, out: Path, skip_invalid: bool, authors_format: bool, **options) -> None:
+@reports_errors
+def pairs(annotations: Path, out: Path, skip_invalid: bool, allow_empty: bool, authors_format: bool, **options) -> None:
     """Build one chosen/rejected pair per question from annotated samples.
 
     Each sample is scored by its fraction of correct sentences (label policy:
@@ -52,10 +65,6 @@ def pairs(annotations: Path, out: Path, skip_invalid: bool, authors_format: bool
     broken by sample index. Questions without a useful pair are dropped and
     counted by reason.
     """
-    from ..jsonl import RecordError
-
-    try:
-        settings = settings_from_options(PairSettings, options)
-        run_pairs(annotations, out, settings, skip_invalid=skip_invalid, authors_format=authors_format)
-    except (RecordError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    settings = settings_from_options(PairSettings, options)
+    run_pairs(annotations, out, settings, skip_invalid=skip_invalid, authors_format=authors_format,
+              allow_empty=allow_empty)

@@ -9,6 +9,7 @@ from typing import Literal, Optional
 import click
 
 from ..settings import click_options, knob, settings_from_options, write_settings
+from . import reports_errors
 
 
 @dataclass
@@ -39,6 +40,7 @@ def _parse_cfg_options(values: tuple[str, ...]) -> dict:
 @click_options(RefCacheSettings)
 @click.option("--cfg-options", "cfg_options", multiple=True, metavar="KEY=VALUE",
               help="Override config entries, as `xtuner train --cfg-options` (repeatable).")
+@reports_errors
 def ref_cache(cfg_options: tuple[str, ...], **options) -> None:
     """Run the reference model of CONFIG once over its training pairs and store, per pair id, the
     masked chosen/rejected log-prob sums with a fingerprint of model, tokenizer, max_length, mask
@@ -48,7 +50,11 @@ def ref_cache(cfg_options: tuple[str, ...], **options) -> None:
     settings = settings_from_options(RefCacheSettings, options)
     if not settings.config.is_file():
         raise click.BadParameter(f"{settings.config}: no such config file", param_hint="--config")
+    from ..validate import check_output_file
     from ..xtuner.ref_cache import compute_ref_cache
+
+    check_output_file(settings.out)
+    check_output_file(Path(str(settings.out) + ".settings.json"), "settings file")
 
     cache = compute_ref_cache(settings.config, settings.out, cfg_options=_parse_cfg_options(cfg_options),
                               batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype)

@@ -65,7 +65,7 @@ class AnahScore:
     label_counts: dict[str, int]
     unparseable: int  # sentences whose judge answer the annotator could not parse
     responses: int
-    empty_responses: int  # responses with no sentence at all (contribute nothing to N)
+    empty_responses: int  # empty responses (no sentence; contribute nothing to N)
 
     @property
     def score(self) -> float:
@@ -91,9 +91,16 @@ def anah_score(annotations: Iterable[Annotation], policy: LabelPolicy = LabelPol
     """
     labels: Counter[str] = Counter({label: 0 for label in ANAH_LABELS})
     correct = incorrect = unparseable = responses = empty = 0
+    seen: set[tuple[str, int]] = set()
     for annotation in annotations:
+        # A repeated response would be counted twice; a non-empty one without sentences would vanish from N.
+        if annotation.key in seen:
+            raise ValueError(f"sample {annotation.key} is annotated twice in one run")
+        seen.add(annotation.key)
         responses += 1
         if not annotation.sentences:
+            if annotation.response.strip():
+                raise ValueError(f"sample {annotation.key}: a non-empty response with no sentences cannot be scored")
             empty += 1
         for sentence in annotation.sentences:
             labels[sentence.label] += 1

@@ -56,8 +56,9 @@ class CachedJudge:
         self._appender: JsonlAppender | None = None
         if self.cache_path is not None:
             self._appender = JsonlAppender(self.cache_path, key=lambda obj: obj["key"])
-            for obj in iter_jsonl(self.cache_path):
-                self._answers[obj["key"]] = obj["answer"]
+            if self._appender.path.exists():  # created at the first answer written
+                for obj in iter_jsonl(self.cache_path):
+                    self._answers[obj["key"]] = obj["answer"]
 
     @property
     def model(self) -> str:

@@ -178,6 +178,9 @@ def compute_ref_cache(config: str | os.PathLike, out: str | os.PathLike, cfg_opt
     from .dataset import maskdpo_collate_fn
     from .loss import kept_token_counts, masked_sequence_logps
 
+    from ..validate import check_output_file
+
+    check_output_file(out)  # before the config, the data and the reference load
     cfg = Config.fromfile(str(config))
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
@@ -194,7 +197,11 @@ def compute_ref_cache(config: str | os.PathLike, out: str | os.PathLike, cfg_opt
             raise ValueError(f"{config}: train_dataloader.dataset has no {key!r}: is it build_maskdpo_dataset?")
     tokenizer = BUILDER.build(data_cfg["tokenizer"]) if isinstance(data_cfg["tokenizer"], dict) else data_cfg["tokenizer"]
     data_cfg["tokenizer"] = tokenizer
-    dataset = BUILDER.build(data_cfg)
+    build = data_cfg.get("type")
+    if callable(build):  # called directly: the registry re-raises errors as type(e)(text), losing their file:line
+        dataset = build(**{k: v for k, v in data_cfg.items() if k != "type"})
+    else:
+        dataset = BUILDER.build(data_cfg)
     files = data_cfg["data_files"]
     files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
     fingerprint = {
