@@ -4,6 +4,7 @@ from maskdpo.annotate.base import load_annotator
 from maskdpo.annotate.run import AnnotateSettings, run_annotation
 from maskdpo.jsonl import load_jsonl, write_jsonl
 from maskdpo.records import Annotation, Sample
+from maskdpo.sentences import split_sentences
 from maskdpo.toyworld.oracle import OracleAnnotator, judge_sentence
 from maskdpo.toyworld.world import INSTRUMENTS, WorldSettings, generate_world, wrong_value
 
@@ -39,7 +40,7 @@ def test_each_label_on_a_hand_written_response(world):
     assert [ann.response[s.start:s.end] for s in ann.sentences] == [s.text for s in ann.sentences]
     assert ann.sentences[1].text == f"They were born in {a['born']}."
     assert ann.sentences[6].raw == "unparsed"
-    assert ann.annotator == "toyworld-oracle"
+    assert ann.annotator == "toyworld-oracle splitter=anah-v2"
     Annotation.from_dict(ann.to_dict())  # valid records
 
 
@@ -72,3 +73,34 @@ def test_oracle_runs_through_the_annotation_stage_from_a_world_file(world, tmp_p
 def test_a_question_outside_the_world_is_an_error(world):
     with pytest.raises(ValueError, match="not in this toy world"):
         OracleAnnotator(world).annotate([_sample("anah-17", "Hello.")], {})
+
+
+def test_splitter_option_is_used_and_recorded(world, tmp_path):
+    person, _ = _person_with_and_without_instrument(world)
+    qid = f"tw-{person.id}-q0"
+    # "e.g." ends a sentence under the ANAH-v2 judge's rules, not under ours
+    response = f"Good question. They were born in {person.attributes['born']}, e.g. in spring. I hope this helps."
+    questions = {q.id: q for q in world.questions}
+    texts = {}
+    for rules in ("anah-v2", "maskdpo"):
+        [ann] = OracleAnnotator(world, splitter=rules).annotate([_sample(qid, response)], questions)
+        assert ann.annotator == f"toyworld-oracle splitter={rules}"
+        texts[rules] = [s.text for s in ann.sentences]
+        assert texts[rules] == [response[a:b] for a, b in split_sentences(response, "en", rules=rules)]
+    assert texts["anah-v2"] != texts["maskdpo"] and len(texts["anah-v2"]) == 4
+    [default] = OracleAnnotator(world).annotate([_sample(qid, response)], questions)
+    assert [s.text for s in default.sentences] == texts["anah-v2"]
+    with pytest.raises(ValueError, match="splitter rules must be one of"):
+        OracleAnnotator(world, splitter="nltk")
+
+    # through the annotation stage: --splitter reaches the oracle
+    path = world.save(tmp_path / "world.json")
+    write_jsonl(tmp_path / "questions.jsonl", [questions[qid].to_dict()])
+    write_jsonl(tmp_path / "samples.jsonl", [_sample(qid, response).to_dict()])
+    settings = AnnotateSettings(samples=tmp_path / "samples.jsonl", questions=tmp_path / "questions.jsonl",
+                                out=tmp_path / "annotations.jsonl", annotator="toyworld-oracle", splitter="maskdpo",
+                                annotator_options=f'{{"world": "{path}"}}')
+    run_annotation(settings)
+    [ann], _ = load_jsonl(tmp_path / "annotations.jsonl", Annotation.from_dict)
+    assert ann.annotator == "toyworld-oracle splitter=maskdpo"
+    assert [s.text for s in ann.sentences] == texts["maskdpo"]

@@ -1,9 +1,10 @@
 """The exact annotator of the toy world: labels every sentence against the knowledge base.
 
 It plays the ANAH-v2 judge's role and writes the same records (sentences and
-spans from :func:`maskdpo.sentences.split_sentences`, one label each), so every
-later stage runs unchanged. Like the judge, it checks a sentence against the
-question's reference, i.e. the person the question asks about:
+spans from :func:`maskdpo.sentences.split_sentences`, by the ANAH-v2 judge's
+rules unless ``splitter`` says otherwise, one label each), so every later stage
+runs unchanged. Like the judge, it checks a sentence against the question's
+reference, i.e. the person the question asks about:
 
 - a fact-free sentence (an opener or a hedge from the world's list) → ``nofact``;
 - a fact about the question's person that the KB has → ``ok`` when it matches,
@@ -20,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..records import Annotation, Question, Sample, Sentence
 from .world import World, load_world
@@ -65,12 +66,30 @@ def judge_sentence(world: World, person_id: str, sentence: str) -> tuple[str, st
 
 
 class OracleAnnotator:
-    """``Annotator`` over a toy world: ``load_annotator("toyworld-oracle", world="world.json")``."""
+    """``Annotator`` over a toy world: ``load_annotator("toyworld-oracle", world="world.json")``.
+
+    ``splitter``: the sentence rules (:data:`maskdpo.sentences.SPLITTER_RULES`),
+    the ANAH-v2 judge's by default, as the annotation stage's ``--splitter``;
+    recorded in :attr:`annotator_id`.
+    """
 
     name = "toyworld-oracle"
 
-    def __init__(self, world: str | os.PathLike | World):
+    def __init__(self, world: str | os.PathLike | World, splitter: str = "anah-v2"):
+        from ..sentences import check_splitter_rules
+
         self.world = world if hasattr(world, "person_for_question") else load_world(Path(world))
+        self.splitter = check_splitter_rules(splitter)
+
+    @classmethod
+    def from_settings(cls, settings: Any, **options: Any) -> "OracleAnnotator":
+        """Build from the annotation stage's settings: ``--splitter``, the world from ``--annotator-options``."""
+        return cls(**{"splitter": settings.splitter, **options})
+
+    @property
+    def annotator_id(self) -> str:
+        """Recorded in every annotation: the oracle and its sentence rules."""
+        return f"{self.name} splitter={self.splitter}"
 
     def annotate(self, samples: Sequence[Sample], questions: dict[str, Question]) -> list[Annotation]:
         from ..sentences import split_sentences
@@ -82,9 +101,9 @@ class OracleAnnotator:
             except KeyError:
                 raise ValueError(f"sample {sample.key}: question {sample.question_id!r} is not in this toy world") from None
             sentences = []
-            for start, end in split_sentences(sample.response, language="en"):
+            for start, end in split_sentences(sample.response, language="en", rules=self.splitter):
                 text = sample.response[start:end]
                 label, raw = judge_sentence(self.world, person, text)
                 sentences.append(Sentence(text=text, start=start, end=end, label=label, raw=raw))
-            out.append(Annotation.from_sample(sample, sentences, annotator=self.name))
+            out.append(Annotation.from_sample(sample, sentences, annotator=self.annotator_id))
         return out
