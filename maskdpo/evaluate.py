@@ -196,6 +196,12 @@ class EndToEndSettings(ScoreSettings):
     annotator_model: str = knob("opencompass/anah-v2", "ANAH-v2 judge model path or served name.")
     annotator_backend: str = knob("lmdeploy", "Backend that runs the ANAH-v2 judge: lmdeploy, openai, hf.")
     annotator_base_url: Optional[str] = knob(None, "openai backend for the ANAH-v2 judge: server URL.")
+    annotator_prompts: str = knob("official", "ANAH-v2 judge prompts: official (the official protocol, from the "
+                                              "protocol cache), FILE.py, maskdpo (ours) or FILE.json; see `maskdpo annotate`.")
+    annotator_splitter: str = knob("anah-v2", "Sentence rules for the ANAH score: anah-v2 (the official splitter's "
+                                              "boundaries) or maskdpo (ours).")
+    annotator_unparseable: Optional[str] = knob(None, "Label for a judge answer the protocol cannot read (default: ok "
+                                                      "under the official protocol, unverifiable under ours) or error.")
 
 
 def _annotate_settings(settings: EndToEndSettings, samples: Path, questions: Path, out: Path):
@@ -204,7 +210,8 @@ def _annotate_settings(settings: EndToEndSettings, samples: Path, questions: Pat
     return AnnotateSettings(samples=samples, questions=questions, out=out, annotator=settings.annotator,
                             backend=settings.annotator_backend, model=settings.annotator_model,
                             batch_size=settings.batch_size, device=settings.device,
-                            base_url=settings.annotator_base_url)
+                            base_url=settings.annotator_base_url, prompts=settings.annotator_prompts,
+                            splitter=settings.annotator_splitter, unparseable=settings.annotator_unparseable)
 
 
 def _sample_settings(settings: EndToEndSettings, questions: Path, out: Path, model: str):

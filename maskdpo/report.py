@@ -80,6 +80,21 @@ def _fact_count(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
+def _protocol_remark(annotator: str) -> str:
+    """What an ANAH-v2 annotator id (``AnahV2Annotator.annotator_id``) says about the measurement."""
+    from .protocol import PROMPTS, pin_of_kind
+
+    fields = dict(part.split("=", 1) for part in annotator.split() if "=" in part)
+    if "protocol" not in fields:
+        return ""
+    official = (fields.get("protocol") == "official" and fields.get("splitter") == "anah-v2"
+                and fields.get("prompts_sha256") == pin_of_kind(PROMPTS).sha256)
+    if official:
+        return " — the official ANAH-v2 measurement (pinned official prompts and system message, official splitter)"
+    return (f" — not the official ANAH-v2 measurement (protocol {fields.get('protocol')}, splitter "
+            f"{fields.get('splitter')}, prompts {fields.get('prompts')}): not comparable with the paper's numbers")
+
+
 def table1_markdown(report: dict) -> str:
     """The Markdown table (plus a legend) for a report from :func:`build_report`."""
     lines = ["| Model | ANAH #Cor | ANAH #Inc | ANAH %Score | FactScore #Cor | FactScore #Inc | FactScore %Score |",
@@ -91,6 +106,9 @@ def table1_markdown(report: dict) -> str:
         cells += [format_count(a["correct"]), format_count(a["incorrect"]), _score_cell(a)] if a else ["–"] * 3
         cells += [_fact_count(f["correct"]), _fact_count(f["incorrect"]), _score_cell(f)] if f else ["–"] * 3
         lines.append("| " + " | ".join(cells) + " |")
+        if a:
+            notes += [f"{m['name']}: ANAH annotations by `{annotator}`{_protocol_remark(annotator)}"
+                      for annotator in a.get("annotators", [])]
         if a and a["unparseable"]:
             notes.append(f"{m['name']}: {format_count(a['unparseable'])} ANAH judge answers were unparseable "
                          f"(mean per run).")

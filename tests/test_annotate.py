@@ -1,5 +1,7 @@
-"""ANAH-v2 annotation: every protocol branch, turn batching, strict parsing, and the resumable stage."""
+"""ANAH-v2 annotation under our own protocol (``--prompts maskdpo``): every branch, turn batching, strict
+parsing, and the resumable stage. The official protocol: ``tests/test_protocol_annotate.py``."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -46,7 +48,7 @@ def samples() -> list:
 
 def test_every_branch_in_english_and_chinese():
     judge = ScriptedAnahJudgeDouble(SCRIPT)
-    annotator = AnahV2Annotator(backend=judge)
+    annotator = AnahV2Annotator(backend=judge, prompts="maskdpo")
     en, zh = annotator.annotate(samples(), questions())
     assert [s.label for s in en.sentences] == EXPECTED_EN
     assert [s.label for s in zh.sentences] == EXPECTED_ZH
@@ -57,29 +59,32 @@ def test_every_branch_in_english_and_chinese():
             assert s.raw["answers"] == SCRIPT[s.text][:len(s.raw["answers"])]
     assert en.sentences[-1].raw == {"answers": ["I am not sure what to say."], "unparseable": "facts"}
     assert annotator.stats["unparseable"] == 1 and annotator.stats["sentences"] == 9
-    assert en.annotator.startswith("anah-v2 prompts=maskdpo-anah-v2-prompts@2")
-    assert all(not d.do_sample for d in judge.decodings)  # greedy judge
+    digest = hashlib.sha256(PROMPTS_PATH.read_bytes()).hexdigest()
+    assert en.annotator == (f"anah-v2 protocol=maskdpo prompts=maskdpo prompts_version=maskdpo-anah-v2-prompts@2 "
+                            f"prompts_sha256={digest} splitter=anah-v2 unparseable=unverifiable "
+                            "judge=scripted-anah-judge-double")
+    assert all(not d.do_sample and d.stop == () for d in judge.decodings)  # greedy judge
 
 
 def test_each_turn_is_one_call_across_all_pending_sentences():
     judge = ScriptedAnahJudgeDouble(SCRIPT)
-    AnahV2Annotator(backend=judge).annotate(samples(), questions())
+    AnahV2Annotator(backend=judge, prompts="maskdpo").annotate(samples(), questions())
     # turn 1: all 9 sentences; turn 2: the 6 with facts; turn 3: the 5 with reference information
     assert [len(call) for call in judge.calls] == [9, 6, 5]
     turn3 = judge.calls[2][0].messages
     assert [m["role"] for m in turn3] == ["system", "user", "assistant", "user", "assistant", "user"]
 
     sequential = ScriptedAnahJudgeDouble(SCRIPT)
-    anns = AnahV2Annotator(backend=sequential, turn_batching=False).annotate(samples(), questions())
+    anns = AnahV2Annotator(backend=sequential, turn_batching=False, prompts="maskdpo").annotate(samples(), questions())
     assert len(sequential.calls) == 9 + 6 + 5 and all(len(c) == 1 for c in sequential.calls)
     assert [s.label for s in anns[0].sentences] == EXPECTED_EN
 
 
 def test_unparseable_rule_error_names_the_sample_and_turn():
-    annotator = AnahV2Annotator(backend=ScriptedAnahJudgeDouble(SCRIPT), unparseable="error")
+    annotator = AnahV2Annotator(backend=ScriptedAnahJudgeDouble(SCRIPT), prompts="maskdpo", unparseable="error")
     with pytest.raises(UnparseableAnswer, match=r"sample \('ada', 0\).*turn 'facts'"):
         annotator.annotate(samples(), questions())
-    other = AnahV2Annotator(backend=ScriptedAnahJudgeDouble(SCRIPT), unparseable="contradictory")
+    other = AnahV2Annotator(backend=ScriptedAnahJudgeDouble(SCRIPT), prompts="maskdpo", unparseable="contradictory")
     assert other.annotate(samples(), questions())[0].sentences[-1].label == "contradictory"
 
 
@@ -88,7 +93,7 @@ def test_question_without_document_is_an_error_naming_it():
     qs["ada"].document = None
     judge = ScriptedAnahJudgeDouble(SCRIPT)
     with pytest.raises(MissingDocument, match="question 'ada' has no reference document"):
-        AnahV2Annotator(backend=judge).annotate(samples(), qs)
+        AnahV2Annotator(backend=judge, prompts="maskdpo").annotate(samples(), qs)
     assert judge.calls == []
 
 
@@ -152,16 +157,17 @@ def write_inputs(tmp_path: Path, count: int = 5):
 
 
 def stage_settings(tmp_path, out="a.jsonl", **kw):
+    kw.setdefault("prompts", "maskdpo")
     return AnnotateSettings(samples=tmp_path / "s.jsonl", questions=tmp_path / "q.jsonl", out=tmp_path / out, **kw)
 
 
 def test_stage_writes_resumes_and_counts(tmp_path):
     write_inputs(tmp_path)
     first = run_annotation(stage_settings(tmp_path, limit=2, batch_size=2),
-                           AnahV2Annotator(backend=ScriptedAnahJudgeDouble(SCRIPT)))
+                           AnahV2Annotator(backend=ScriptedAnahJudgeDouble(SCRIPT), prompts="maskdpo"))
     assert first.written == 2 and first.unparseable == 1
     judge = ScriptedAnahJudgeDouble(SCRIPT)
-    second = run_annotation(stage_settings(tmp_path, batch_size=2), AnahV2Annotator(backend=judge))
+    second = run_annotation(stage_settings(tmp_path, batch_size=2), AnahV2Annotator(backend=judge, prompts="maskdpo"))
     assert second.written == 3 and second.already_done == 2
     assert len(judge.calls) == 2 * 3  # two batches, three turns each
     records = [Annotation.from_dict(json.loads(x)) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
@@ -172,11 +178,12 @@ def test_stage_writes_resumes_and_counts(tmp_path):
 
 def test_stage_shards_concatenate(tmp_path):
     write_inputs(tmp_path)
-    run_annotation(stage_settings(tmp_path, out="full.jsonl"), AnahV2Annotator(backend=ScriptedAnahJudgeDouble(SCRIPT)))
+    run_annotation(stage_settings(tmp_path, out="full.jsonl"),
+                   AnahV2Annotator(backend=ScriptedAnahJudgeDouble(SCRIPT), prompts="maskdpo"))
     parts = ""
     for k in range(2):
         run_annotation(stage_settings(tmp_path, out=f"p{k}.jsonl", shard=f"{k}/2"),
-                       AnahV2Annotator(backend=ScriptedAnahJudgeDouble(SCRIPT)))
+                       AnahV2Annotator(backend=ScriptedAnahJudgeDouble(SCRIPT), prompts="maskdpo"))
         parts += (tmp_path / f"p{k}.jsonl").read_text()
     assert parts == (tmp_path / "full.jsonl").read_text()
 

@@ -156,7 +156,8 @@ def test_unparseable_answers_of_the_real_anah_v2_annotator_are_counted(tmp_path,
     anah, _, _ = prompt_sets
     settings = EndToEndSettings(out=tmp_path / "o", metric="anah", anah_questions=anah, limit=2, greedy=False,
                                 temperature=1.0, max_new_tokens=16, device="cpu", annotator="anah-v2",
-                                annotator_backend="constant-judge-double", annotator_model="judge")
+                                annotator_backend="constant-judge-double", annotator_model="judge",
+                                annotator_prompts="maskdpo")  # our protocol: strict tags, unverifiable
     paths = run_end_to_end(settings, [f"tiny={tiny_llama_dir}"], progress=False)
     anah_result = json.loads(paths["json"].read_text())["models"][0]["anah"]
     run = anah_result["per_run"][0]

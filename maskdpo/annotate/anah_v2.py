@@ -1,51 +1,78 @@
 """The ANAH-v2 sentence annotator: a three-turn judge conversation per sentence.
 
-The judge (``opencompass/anah-v2``, an InternLM2-7B, run greedily on any
-backend) is asked, in one growing conversation per sentence (DESIGN §8):
+The judge (``opencompass/anah-v2``, an InternLM2-7B fine-tuned on one fixed
+prompt protocol, run greedily on any backend) is asked, in one growing
+conversation per sentence: does it state facts? → which points of the
+reference document bear on it? → is it hallucinated? Two protocols:
 
-1. ``facts``: does the sentence state facts? ``<No Facts>`` → ``nofact``;
-2. ``reference``: the supporting points of the question's reference document;
-   ``<No Reference Information>`` → ``unverifiable``;
-3. ``type``: ``<No Hallucination>`` → ``ok``, ``<Contradictory>``,
-   ``<Unverifiable>``.
+``official`` (default: ``prompts="official"`` or an official-shaped ``FILE.py``)
+    ANAH-v2's own evaluation protocol (``eval/anah_v2/eval.py`` of
+    open-compass/ANAH), exactly: the turn texts are what the official prompt
+    functions return for (question, sentence) — read with ``ast`` from the
+    pinned file in the protocol cache (:mod:`maskdpo.protocol`) — the turn-2
+    answer is the ``reference`` of turn 3, and the answers are read as the
+    official script reads them:
 
-The templates and their answer tags live in ``anah_v2_prompts.json``
-(versioned, English and Chinese); ``prompts=FILE`` replaces them, e.g. with
-the templates distributed with the judge.
+    1. exactly ``<No Facts>`` or ``<无事实>`` → ``nofact``; anything else goes on;
+    2. the answer stripped, without spaces, lower-cased, contains
+       ``noreferenceinformation`` or ``无参考信息`` → ``unverifiable``;
+    3. the same normalisation; the first found of ``nohallucination``/``无幻觉``
+       → ``ok``, ``contradictory``/``矛盾`` → ``contradictory``,
+       ``unverifiable``/``无法验证`` → ``unverifiable``. None of them: the
+       official script gives no label and its score counts the sentence as not
+       hallucinated, so ``unparseable`` defaults to ``ok`` here.
+
+    Every conversation starts with InternLM's default meta instruction as an
+    explicit system message: LMDeploy 0.5.2's ``internlm2`` template, which
+    the official evaluation ran, inserted it itself; sent explicitly, any
+    standard InternLM2 chat template renders the same string on any backend.
+    Decoding is greedy, at most 512 new tokens, stopping at ``<|im_end|>``.
+
+``maskdpo`` (``prompts="maskdpo"`` or a JSON prompt file)
+    Our own templates and answer tags (``anah_v2_prompts.json``, versioned,
+    English and Chinese), for general-purpose judges. Parsing is strict: an
+    answer must contain exactly one (distinct) tag of its turn; one that does
+    not is unparseable, labelled ``unverifiable`` by default (never counted as
+    correct, so it is masked out of a chosen response).
+
+Either way an unparseable answer is counted in :attr:`AnahV2Annotator.stats`
+and marked in the sentence's ``raw["unparseable"]`` (the turn's name);
+``unparseable="error"`` stops instead. Every judge answer is kept in
+``Sentence.raw = {"answers": [...]}``.
 
 Each turn runs as ONE backend call over every sentence still pending in the
 batch (all sentences of all samples), instead of the official script's
 sentence-by-sentence order; ``turn_batching=False`` restores that order (the
 labels are the same under greedy decoding, only slower).
-
-Parsing is strict: an answer must contain exactly one (distinct) tag of its
-turn. An answer that does not is *unparseable*; by default its sentence is
-labelled ``unverifiable`` (conservative: it is never counted as correct, so it
-is masked out of a chosen response), counted in :attr:`AnahV2Annotator.stats`,
-and marked in the sentence's ``raw``. ``unparseable="error"`` stops instead.
-Every judge answer is kept in ``Sentence.raw = {"answers": [...]}``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 from ..backends.base import ChatBackend, Decoding, GenerationRequest, load_backend
 from ..labels import ANAH_LABELS
 from ..records import Annotation, Question, Sample, Sentence
 
 PROMPTS_PATH = Path(__file__).with_name("anah_v2_prompts.json")
+OFFICIAL, MASKDPO = "official", "maskdpo"
+PROTOCOLS = (OFFICIAL, MASKDPO)
 NEXT = "next"
 PLACEHOLDERS = ("question", "document", "response", "sentence", "topic")
 UNPARSEABLE_RULES = ANAH_LABELS + ("error",)
 TURN_NAMES = ("facts", "reference", "type")
-
-
+JUDGE_STOP = ("<|im_end|>",)  # InternLM2's end of turn (LMDeploy 0.5.2's internlm2 stop word)
+# The official answer matching (eval.py::process_question).
+OFFICIAL_NO_FACTS = ("<No Facts>", "<无事实>")
+OFFICIAL_NO_REFERENCE = ("noreferenceinformation", "无参考信息")
+OFFICIAL_TYPES = ((("nohallucination", "无幻觉"), "ok"), (("contradictory", "矛盾"), "contradictory"),
+                  (("unverifiable", "无法验证"), "unverifiable"))
 class PromptFileError(ValueError):
     """A prompt file is malformed; the message names the file and the key."""
 
@@ -160,6 +187,158 @@ def parse_answer(answer: str, turn: Turn) -> str | None:
     outcome = found.pop()
     return NEXT if outcome.startswith(NEXT) else outcome
 
+def normalise_official(answer: str) -> str:
+    """The official script's normalisation at turns 2 and 3: stripped, spaces removed, lower-cased."""
+    return answer.strip().replace(" ", "").lower()
+
+
+def parse_official(turn_index: int, answer: str) -> str | None:
+    """The outcome of a judge answer under the official protocol (``eval.py::process_question``).
+
+    Turn 0: ``nofact`` for an answer that is exactly ``<No Facts>``/``<无事实>``,
+    else ``next``. Turn 1: ``unverifiable`` when the normalised answer contains
+    ``noreferenceinformation``/``无参考信息``, else ``next``. Turn 2: the label of
+    the first key found, in the official order, or None (no label).
+    """
+    if turn_index == 0:
+        return "nofact" if answer in OFFICIAL_NO_FACTS else NEXT
+    norm = normalise_official(answer)
+    if turn_index == 1:
+        return "unverifiable" if any(key in norm for key in OFFICIAL_NO_REFERENCE) else NEXT
+    for keys, label in OFFICIAL_TYPES:
+        if any(key in norm for key in keys):
+            return label
+    return None
+
+
+class JudgeProtocol(Protocol):
+    """How one sentence's judge conversation is written and read."""
+
+    name: str  # official or maskdpo
+    default_unparseable: str
+    stop: tuple[str, ...]
+    languages: tuple[str, ...]
+
+    def provenance(self) -> str: ...
+
+    def opening(self, values: dict[str, str], language: str) -> list[dict]: ...
+
+    def followup(self, turn_index: int, values: dict[str, str], language: str, answers: list[str]) -> dict: ...
+
+    def parse(self, turn_index: int, answer: str, language: str) -> str | None: ...
+
+    def expected(self, turn_index: int, language: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class OfficialJudgeProtocol:
+    """ANAH-v2's evaluation protocol with its own prompt functions and system message."""
+
+    prompts: Any  # maskdpo.protocol.PromptFunctions
+    meta_instruction: str
+    prompt_source: str  # "official" (the cache) or the local file given
+    template_sha256: str
+    name: str = OFFICIAL
+    default_unparseable: str = "ok"  # the official score counts an unlabelled sentence as not hallucinated
+    stop: tuple[str, ...] = JUDGE_STOP
+    languages: tuple[str, ...] = ("en", "zh")
+
+    def provenance(self) -> str:
+        return (f"protocol=official prompts={self.prompt_source} prompts_sha256={self.prompts.sha256} "
+                f"system=lmdeploy-0.5.2:InternLMChat7B.meta_instruction system_sha256={self.template_sha256}")
+
+    def opening(self, values: dict[str, str], language: str) -> list[dict]:
+        return [{"role": "system", "content": self.meta_instruction},
+                {"role": "user", "content": self.prompts.render("facts", language, question=values["question"],
+                                                                annotation=values["sentence"])}]
+
+    def followup(self, turn_index: int, values: dict[str, str], language: str, answers: list[str]) -> dict:
+        # Turn 2 shows the reference document; turn 3 shows the judge's own turn-2 answer as the reference.
+        reference = values["document"] if turn_index == 1 else answers[1]
+        text = self.prompts.render(TURN_NAMES[turn_index], language, question=values["question"],
+                                   reference=reference, annotation=values["sentence"])
+        return {"role": "user", "content": text}
+
+    def parse(self, turn_index: int, answer: str, language: str) -> str | None:
+        return parse_official(turn_index, answer)
+
+    def expected(self, turn_index: int, language: str) -> str:
+        return "one of " + ", ".join(k for keys, _ in OFFICIAL_TYPES for k in keys)
+
+
+@dataclass(frozen=True)
+class MaskdpoJudgeProtocol:
+    """Our own templates and strict tag parsing (a JSON prompt file)."""
+
+    prompt_set: PromptSet
+    prompt_source: str  # "maskdpo" (packaged) or the file given
+    sha256: str
+    name: str = MASKDPO
+    default_unparseable: str = "unverifiable"  # conservative: never counted as correct
+    stop: tuple[str, ...] = ()
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        return tuple(self.prompt_set.languages)
+
+    def provenance(self) -> str:
+        return (f"protocol=maskdpo prompts={self.prompt_source} prompts_version={self.prompt_set.version} "
+                f"prompts_sha256={self.sha256}")
+
+    def opening(self, values: dict[str, str], language: str) -> list[dict]:
+        spec = self.prompt_set.languages[language]
+        system = [{"role": "system", "content": spec.system}] if spec.system else []
+        return system + [{"role": "user", "content": fill(spec.turns[0].template, values)}]
+
+    def followup(self, turn_index: int, values: dict[str, str], language: str, answers: list[str]) -> dict:
+        return {"role": "user", "content": fill(self.prompt_set.languages[language].turns[turn_index].template, values)}
+
+    def parse(self, turn_index: int, answer: str, language: str) -> str | None:
+        return parse_answer(answer, self.prompt_set.languages[language].turns[turn_index])
+
+    def expected(self, turn_index: int, language: str) -> str:
+        turn = self.prompt_set.languages[language].turns[turn_index]
+        return f"exactly one of {[t for t, _ in turn.answers]}"
+
+
+def load_protocol(prompts: str | Path | None = OFFICIAL, *, allow_unpinned: bool = False) -> JudgeProtocol:
+    """The judge protocol a ``--prompts`` value names.
+
+    ``official`` (default): the official prompt functions and system message
+    from the protocol cache (downloaded on first use). ``FILE.py``: an
+    official-shaped prompt file, sha256-checked against the pin unless
+    ``allow_unpinned``. ``maskdpo``: the packaged JSON templates.
+    ``FILE.json``: JSON templates of ours.
+    """
+    from .. import protocol as assets
+
+    value = OFFICIAL if prompts in (None, "") else str(prompts)
+    path = Path(value)
+    if value == MASKDPO:
+        return _maskdpo_protocol(PROMPTS_PATH, MASKDPO)
+    if path.suffix == ".json":
+        return _maskdpo_protocol(path, str(path))
+    if value == OFFICIAL or path.suffix == ".py":
+        functions = assets.load_prompt_functions(None if value == OFFICIAL else path, allow_unpinned=allow_unpinned)
+        meta, pin = assets.load_meta_instruction()
+        return OfficialJudgeProtocol(prompts=functions, meta_instruction=meta, prompt_source=value,
+                                     template_sha256=pin.sha256)
+    raise PromptFileError(f"--prompts {value!r}: expected official, maskdpo, an official-shaped prompt file "
+                          "(FILE.py) or a JSON prompt file (FILE.json)")
+
+
+def default_unparseable(prompts: str | Path | None) -> str:
+    """The ``unparseable`` default of the protocol ``prompts`` names (without reading any file)."""
+    value = OFFICIAL if prompts in (None, "") else str(prompts)
+    official = value == OFFICIAL or (value != MASKDPO and Path(value).suffix == ".py")
+    return OfficialJudgeProtocol.default_unparseable if official else MaskdpoJudgeProtocol.default_unparseable
+
+
+def _maskdpo_protocol(path: Path, source: str) -> MaskdpoJudgeProtocol:
+    prompt_set = load_prompts(path)
+    return MaskdpoJudgeProtocol(prompt_set=prompt_set, prompt_source=source,
+                                sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+
 
 @dataclass
 class _Conversation:
@@ -168,8 +347,8 @@ class _Conversation:
     sample: int  # index into the batch
     start: int
     end: int
+    language: str
     values: dict[str, str]
-    prompts: LanguagePrompts
     messages: list[dict] = field(default_factory=list)
     answers: list[str] = field(default_factory=list)
     label: str | None = None
@@ -181,23 +360,31 @@ class AnahV2Annotator:
 
     ``backend``: a :class:`ChatBackend`, or a backend name (``hf``, ``openai``,
     ``lmdeploy``) loaded with ``model`` and ``backend_options``. ``prompts``:
-    a prompt file (default: the packaged one). ``unparseable``: the label for
-    an unparseable answer (``unverifiable`` default, or another ANAH label), or
-    ``error``. ``max_new_tokens``: the judge's answer length per turn.
+    ``official`` (default), ``maskdpo``, ``FILE.py`` or ``FILE.json`` (see
+    :func:`load_protocol`). ``unparseable``: the label for an unparseable
+    answer (default: ``ok`` under the official protocol, ``unverifiable``
+    under ours), another ANAH label, or ``error``. ``splitter``: the sentence
+    rules (:data:`maskdpo.sentences.SPLITTER_RULES`). ``max_new_tokens``: the
+    judge's answer length per turn.
     """
 
     name = "anah-v2"
     requires_document = True
 
     def __init__(self, backend: ChatBackend | str = "hf", model: str = "opencompass/anah-v2",
-                 prompts: str | Path | None = None, *, unparseable: str = "unverifiable", max_new_tokens: int = 512,
-                 turn_batching: bool = True, **backend_options: Any):
-        if unparseable not in UNPARSEABLE_RULES:
+                 prompts: str | Path | None = OFFICIAL, *, unparseable: str | None = None, max_new_tokens: int = 512,
+                 turn_batching: bool = True, splitter: str = "anah-v2", allow_unpinned_prompts: bool = False,
+                 **backend_options: Any):
+        from ..sentences import check_splitter_rules
+
+        if unparseable is not None and unparseable not in UNPARSEABLE_RULES:
             raise ValueError(f"unparseable must be one of {', '.join(UNPARSEABLE_RULES)}, got {unparseable!r}")
-        self.prompts = load_prompts(prompts)  # checked before any model loads
+        self.splitter = check_splitter_rules(splitter)
+        # Prompts and the system message are read (and fetched) before any model loads.
+        self.protocol: JudgeProtocol = load_protocol(prompts, allow_unpinned=allow_unpinned_prompts)
         self.backend: ChatBackend = load_backend(backend, model, **backend_options) if isinstance(backend, str) else backend
-        self.unparseable = unparseable
-        self.decoding = Decoding.greedy(max_new_tokens)
+        self.unparseable = unparseable if unparseable is not None else self.protocol.default_unparseable
+        self.decoding = Decoding.greedy(max_new_tokens, stop=self.protocol.stop)
         self.turn_batching = turn_batching
         self.stats: Counter = Counter()  # sentences, unparseable, judge_calls, judge_prompts, label:<x>
 
@@ -208,12 +395,14 @@ class AnahV2Annotator:
 
         return cls(backend=settings.backend, model=settings.model, prompts=settings.prompts,
                    unparseable=settings.unparseable, max_new_tokens=settings.max_new_tokens,
+                   splitter=settings.splitter, allow_unpinned_prompts=settings.allow_unpinned_prompts,
                    **backend_options(settings.backend, settings), **options)
 
     @property
     def annotator_id(self) -> str:
-        """Recorded in every annotation: protocol, prompt version and judge model."""
-        return f"anah-v2 prompts={self.prompts.version} judge={self.backend.model}"
+        """Recorded in every annotation: protocol, prompt source and sha256, splitter rules, judge model."""
+        return (f"anah-v2 {self.protocol.provenance()} splitter={self.splitter} unparseable={self.unparseable} "
+                f"judge={self.backend.model}")
 
     # ------------------------------------------------------------------ checks
 
@@ -234,16 +423,11 @@ class AnahV2Annotator:
         self.precheck(samples, questions)
         for s in samples:
             q = questions[s.question_id]
-            if q.language not in self.prompts.languages:
-                raise ValueError(f"question {q.id!r} is in {q.language!r} but {self.prompts.source} has prompts for "
-                                 f"{', '.join(self.prompts.languages)} only")
+            if q.language not in self.protocol.languages:
+                raise ValueError(f"question {q.id!r} is in {q.language!r} but the prompts "
+                                 f"({self.protocol.provenance()}) cover {', '.join(self.protocol.languages)} only")
 
     # ------------------------------------------------------------------ the protocol
-
-    def _start(self, conv: _Conversation) -> None:
-        if conv.prompts.system:
-            conv.messages.append({"role": "system", "content": conv.prompts.system})
-        conv.messages.append({"role": "user", "content": fill(conv.prompts.turns[0].template, conv.values)})
 
     def _turn(self, turn_index: int, convs: list[_Conversation], where: list[tuple[str, int, int]]) -> None:
         """One judge call for every conversation still pending at ``turn_index``."""
@@ -254,28 +438,26 @@ class AnahV2Annotator:
         self.stats["judge_calls"] += 1
         self.stats["judge_prompts"] += len(pending)
         for c, texts in zip(pending, answers):
-            answer = texts[0]
-            turn = c.prompts.turns[turn_index]
+            answer = str(texts[0])
             c.answers.append(answer)
             c.messages.append({"role": "assistant", "content": answer})
-            outcome = parse_answer(answer, turn)
+            outcome = self.protocol.parse(turn_index, answer, c.language)
             if outcome is None:
                 qid, idx, _ = where[c.sample]
                 if self.unparseable == "error":
                     raise UnparseableAnswer(f"sample ({qid!r}, {idx}), sentence at {c.start}:{c.end}, turn "
-                                            f"{turn.name!r}: expected exactly one of {[t for t, _ in turn.answers]}, "
-                                            f"got {answer[:200]!r}")
-                c.label, c.unparseable_turn = self.unparseable, turn.name
+                                            f"{TURN_NAMES[turn_index]!r}: expected "
+                                            f"{self.protocol.expected(turn_index, c.language)}, got {answer[:200]!r}")
+                c.label, c.unparseable_turn = self.unparseable, TURN_NAMES[turn_index]
                 self.stats["unparseable"] += 1
             elif outcome == NEXT:
-                nxt = c.prompts.turns[turn_index + 1]
-                c.messages.append({"role": "user", "content": fill(nxt.template, c.values)})
+                c.messages.append(self.protocol.followup(turn_index + 1, c.values, c.language, c.answers))
             else:
                 c.label = outcome
 
     def _run(self, convs: list[_Conversation], where: list[tuple[str, int, int]]) -> None:
         for c in convs:
-            self._start(c)
+            c.messages.extend(self.protocol.opening(c.values, c.language))
         if self.turn_batching:
             for t in range(len(TURN_NAMES)):
                 self._turn(t, convs, where)
@@ -293,11 +475,10 @@ class AnahV2Annotator:
         for i, s in enumerate(samples):
             q = questions[s.question_id]
             where.append((s.question_id, s.sample_index, i))
-            for start, end in split_sentences(s.response, q.language):
+            for start, end in split_sentences(s.response, q.language, rules=self.splitter):
                 values = {"question": q.question, "document": q.document or "", "response": s.response,
                           "sentence": s.response[start:end], "topic": q.topic}
-                convs.append(_Conversation(sample=i, start=start, end=end, values=values,
-                                           prompts=self.prompts.languages[q.language]))
+                convs.append(_Conversation(sample=i, start=start, end=end, language=q.language, values=values))
         self._run(convs, where)
         by_sample: list[list[Sentence]] = [[] for _ in samples]
         for c in convs:

@@ -21,10 +21,13 @@ from ..jsonl import JsonlAppender
 from ..records import Annotation, Sample
 from ..sample import check_resumable, load_questions, parse_shard, select_items, settings_path
 from ..settings import knob, settings_dict, write_settings
+from ..sentences import check_splitter_rules
+from .anah_v2 import UNPARSEABLE_RULES, default_unparseable
 from ..validate import check_known_questions, check_output_file, read_samples
 from .base import ANNOTATORS, Annotator
 
-IDENTITY_FIELDS = ("samples", "questions", "annotator", "backend", "model", "prompts", "unparseable",
+IDENTITY_FIELDS = ("samples", "questions", "annotator", "backend", "model", "prompts", "unparseable", "splitter",
+                   "allow_unpinned_prompts",
                    "max_new_tokens", "annotator_options")
 
 
@@ -37,10 +40,17 @@ class AnnotateSettings:
                                      "or another registered in maskdpo.annotate.base.ANNOTATORS.")
     backend: str = knob("hf", "anah-v2: backend running the judge (lmdeploy, openai, hf).")
     model: str = knob("opencompass/anah-v2", "anah-v2: the judge model (path or served name).")
-    prompts: Optional[Path] = knob(None, "anah-v2: a prompt file replacing the packaged templates "
-                                         "(format: docs/sampling.md).")
-    unparseable: str = knob("unverifiable", "anah-v2: label for an answer with no single tag of its turn "
-                                            "(ok, nofact, contradictory, unverifiable) or `error` to stop.")
+    prompts: str = knob("official", "anah-v2: the judge protocol's prompts. official = ANAH-v2's own prompt functions "
+                                    "and system message (pinned, sha256-checked, from the protocol cache; fetched "
+                                    "on first use, see `maskdpo protocol`); FILE.py = a local copy of the official "
+                                    "prompt file; maskdpo = our packaged templates for general-purpose judges; "
+                                    "FILE.json = templates of your own (format: docs/sampling.md).")
+    allow_unpinned_prompts: bool = knob(False, "anah-v2: accept a --prompts FILE.py whose sha256 is not the pinned one.")
+    unparseable: Optional[str] = knob(None, "anah-v2: label for a judge answer the protocol cannot read (ok, nofact, "
+                                            "contradictory, unverifiable) or `error` to stop. Default: ok under the "
+                                            "official protocol (the official score's effect), unverifiable under ours.")
+    splitter: str = knob("anah-v2", "Sentence rules: anah-v2 (the official ANAH-v2 splitter's boundaries) or "
+                                    "maskdpo (ours; see docs/sampling.md).")
     max_new_tokens: int = knob(512, "anah-v2: maximum tokens of each judge answer.")
     annotator_options: Optional[str] = knob(None, "JSON object of extra options for the annotator's constructor.")
     batch_size: int = knob(64, "Samples per annotation batch (each judge turn is one backend call per batch).")
@@ -117,6 +127,16 @@ def validate(settings: AnnotateSettings) -> None:
         raise ValueError("--batch-size and --max-new-tokens must be >= 1")
     parse_shard(settings.shard)
     parse_options(settings.annotator_options)
+    check_splitter_rules(settings.splitter)
+    if settings.unparseable is not None and settings.unparseable not in UNPARSEABLE_RULES:
+        raise ValueError(f"--unparseable must be one of {', '.join(UNPARSEABLE_RULES)}, got {settings.unparseable!r}")
+
+
+def effective_unparseable(settings: AnnotateSettings) -> str | None:
+    """``--unparseable`` as given, or the default of the anah-v2 protocol that ``--prompts`` names."""
+    if settings.unparseable is not None or settings.annotator != "anah-v2":
+        return settings.unparseable
+    return default_unparseable(settings.prompts)
 
 
 def run_annotation(settings: AnnotateSettings, annotator: Annotator | None = None,
@@ -138,7 +158,7 @@ def run_annotation(settings: AnnotateSettings, annotator: Annotator | None = Non
     located = select_items(load_samples(Path(settings.samples), **read), settings.limit, settings.shard)
     check_known_questions(settings.samples, located, questions, settings.questions)
     samples = [s for _, s in located]
-    recorded = dataclasses.replace(settings, api_key=None)
+    recorded = dataclasses.replace(settings, api_key=None, unparseable=effective_unparseable(settings))
     check_resumable(settings_path(out), settings_dict(recorded), IDENTITY_FIELDS, out)
 
     with JsonlAppender(out, key=lambda d: (str(d["question_id"]), int(d["sample_index"]))) as writer:

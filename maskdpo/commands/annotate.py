@@ -17,10 +17,15 @@ def annotate(**options: object) -> None:
 
     With --annotator anah-v2 (default) the ANAH-v2 judge runs its three-turn
     protocol per sentence (facts? → reference points → hallucination type),
-    greedily, each turn batched over all pending sentences. Labels: ok,
-    nofact, contradictory, unverifiable; an unparseable judge answer becomes
-    --unparseable (default unverifiable) and is counted in the summary.
-    Resumable and shardable like `maskdpo sample`.
+    greedily, each turn batched over all pending sentences. By default
+    (--prompts official) this is the official protocol, exactly: ANAH-v2's own
+    prompt functions and system message (fetched at pinned commits into the
+    protocol cache; see `maskdpo protocol`), its answer matching, and its
+    sentence splitter (--splitter anah-v2). Labels: ok, nofact,
+    contradictory, unverifiable; a judge answer the protocol cannot read
+    becomes --unparseable and is counted in the summary. Every record names
+    the protocol, the prompts' sha256 and the splitter. Resumable and
+    shardable like `maskdpo sample`.
     """
     from ..jsonl import ReadStats
 

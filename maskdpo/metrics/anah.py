@@ -66,6 +66,8 @@ class AnahScore:
     unparseable: int  # sentences whose judge answer the annotator could not parse
     responses: int
     empty_responses: int  # empty responses (no sentence; contribute nothing to N)
+    # Annotator id (protocol, prompts and their sha256, splitter, judge) -> responses it labelled.
+    annotators: dict[str, int] = field(default_factory=dict)
 
     @property
     def score(self) -> float:
@@ -80,7 +82,7 @@ class AnahScore:
         return {"score": self.score, "exact_score": self.exact_score, "correct": self.correct,
                 "incorrect": self.incorrect, "sentences": self.sentences, "label_counts": dict(self.label_counts),
                 "unparseable": self.unparseable, "responses": self.responses,
-                "empty_responses": self.empty_responses}
+                "empty_responses": self.empty_responses, "annotators": dict(self.annotators)}
 
 
 def anah_score(annotations: Iterable[Annotation], policy: LabelPolicy = LabelPolicy()) -> AnahScore:
@@ -92,11 +94,13 @@ def anah_score(annotations: Iterable[Annotation], policy: LabelPolicy = LabelPol
     labels: Counter[str] = Counter({label: 0 for label in ANAH_LABELS})
     correct = incorrect = unparseable = responses = empty = 0
     seen: set[tuple[str, int]] = set()
+    annotators: Counter[str] = Counter()
     for annotation in annotations:
         # A repeated response would be counted twice; a non-empty one without sentences would vanish from N.
         if annotation.key in seen:
             raise ValueError(f"sample {annotation.key} is annotated twice in one run")
         seen.add(annotation.key)
+        annotators[annotation.annotator] += 1
         responses += 1
         if not annotation.sentences:
             if annotation.response.strip():
@@ -115,7 +119,8 @@ def anah_score(annotations: Iterable[Annotation], policy: LabelPolicy = LabelPol
     # Keep binary labels out of the table unless they occur.
     label_counts = {k: v for k, v in labels.items() if k in ANAH_LABELS or (k in BINARY_LABELS and v)}
     return AnahScore(sentences=total, correct=correct, incorrect=incorrect, label_counts=label_counts,
-                     unparseable=unparseable, responses=responses, empty_responses=empty)
+                     unparseable=unparseable, responses=responses, empty_responses=empty,
+                     annotators=dict(annotators))
 
 
 @dataclass
@@ -149,6 +154,7 @@ class AnahRuns:
                 "score_min": min(scores), "score_max": max(scores),
                 "correct": self.mean_correct, "incorrect": self.mean_incorrect,
                 "unparseable": statistics.fmean(r.unparseable for r in self.runs),
+                "annotators": sorted({a for r in self.runs for a in r.annotators}),
                 "per_run": [r.to_dict() for r in self.runs]}
 
 
