@@ -229,3 +229,11 @@ def test_corpus_tells_the_two_rule_sets_apart():
               if squeeze(r["text"][a:b] for a, b in split_sentences(r["text"], r["language"], rules="maskdpo"))
               != squeeze(r["official"])]
     assert len(differ) >= len(rows) // 3
+
+
+def test_factscore_sentences_follow_the_anah_v2_rules_by_default():
+    from maskdpo.metrics.factscore import split_sentences as factscore_sentences
+
+    text = "Mr. Smith was born in 1815.\nFacts:\n1. He wrote it."
+    assert factscore_sentences(text) == ["Mr.", "Smith was born in 1815.", "Facts:\n1. He wrote it."]
+    assert factscore_sentences(text, rules="maskdpo") == ["Mr. Smith was born in 1815.", "Facts:", "1. He wrote it."]

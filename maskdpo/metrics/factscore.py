@@ -108,11 +108,11 @@ def length_penalty(n_facts: int, gamma: float = 10) -> float:
     return math.exp(1 - gamma / n_facts)
 
 
-def split_sentences(text: str) -> list[str]:
-    """Sentences for fact splitting, by the project's ANAH-compatible English splitter."""
+def split_sentences(text: str, rules: str = "anah-v2") -> list[str]:
+    """Sentences for fact splitting: English, by the ANAH-v2 judge's sentence rules unless ``rules`` says otherwise."""
     from ..sentences import split_sentences as spans_of
 
-    return [text[a:b] for a, b in spans_of(text, "en")]
+    return [text[a:b] for a, b in spans_of(text, "en", rules=rules)]
 
 
 def is_abstention(response: str) -> bool:
