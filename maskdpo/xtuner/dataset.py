@@ -619,6 +619,14 @@ def prepare_tokenized(data_files, tokenizer: Any, max_length: int, mask: str = "
     return TokenizedPairs.open(final)
 
 
+def source_digests(data_files) -> list[dict]:
+    """``[{path, sha256}]`` of the pair files behind ``data_files`` (pair files, or a cache folder's sources),
+    so a reference cache fingerprints the same data either way."""
+    if is_tokenized_cache(data_files):
+        return [{"path": s["path"], "sha256": s["sha256"][:20]} for s in TokenizedPairs.open(_as_list(data_files)[0]).manifest["sources"]]
+    return [{"path": p, "sha256": file_sha256(p)[:20]} for p in _as_list(data_files)]
+
+
 def _line_table(files: list[str]):
     """The line index of all pair files as an in-memory ``datasets.Dataset`` (four int columns)."""
     import numpy as np

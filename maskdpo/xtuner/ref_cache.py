@@ -70,14 +70,6 @@ def tokenizer_fingerprint(tokenizer: Any) -> dict:
     return {"name": name, "vocab": len(tokenizer), "chat_template": hashlib.sha1(str(template).encode()).hexdigest()[:12]}
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:20]
-
-
 class RefCache:
     """Reference sums by pair id, with the fingerprint they were computed under."""
 
@@ -175,7 +167,7 @@ def compute_ref_cache(config: str | os.PathLike, out: str | os.PathLike, cfg_opt
     from xtuner.model.utils import traverse_dict
     from xtuner.registry import BUILDER
 
-    from .dataset import maskdpo_collate_fn
+    from .dataset import maskdpo_collate_fn, source_digests
     from .loss import kept_token_counts, masked_sequence_logps
 
     from ..validate import check_output_file
@@ -202,14 +194,12 @@ def compute_ref_cache(config: str | os.PathLike, out: str | os.PathLike, cfg_opt
         dataset = build(**{k: v for k, v in data_cfg.items() if k != "type"})
     else:
         dataset = BUILDER.build(data_cfg)
-    files = data_cfg["data_files"]
-    files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
     fingerprint = {
         "reference": reference_fingerprint(ref_cfg),
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "max_length": data_cfg["max_length"],
         "mask": data_cfg["mask"],
-        "data": [{"path": str(f), "sha256": file_digest(f)} for f in files],
+        "data": source_digests(data_cfg["data_files"]),
         "dtype": str(ref_cfg.get("torch_dtype", "model default")),
     }
 

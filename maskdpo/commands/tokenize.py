@@ -1,0 +1,103 @@
+"""``maskdpo tokenize``: tokenize pair files once into the memory-mapped cache training reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..masking import MASK_MODES
+
+
+def describe(store, masks: list[str], drop_truncated: bool = False, files: list[str] | None = None) -> list[str]:
+    """Lines saying where a tokenized cache is and what it holds (per mask mode: kept / truncated / rejected)."""
+    import pyarrow.compute as pc
+
+    from ..xtuner.dataset import select_rows
+
+    m = store.manifest
+    lines = [f"tokenized cache: {store.folder}",
+             f"  sources: " + ", ".join(f"{s['path']} (sha256 {s['sha256'][:12]}, {s['bytes']:,} bytes)"
+                                        for s in m["sources"]),
+             f"  tokenizer: {m['tokenizer']['name']} (vocab {m['tokenizer']['vocab']}, digest {m['tokenizer']['digest']})",
+             f"  max_length: {m['max_length']}   lines: {m['rows']:,}   size on disk: {store.size_bytes() / 2**20:.1f} MiB"]
+    for mask in masks:
+        table = store.table(mask)
+        _, report = select_rows(table, files or store.files, m["max_length"], drop_truncated, skip_invalid=True)
+        data = table.data
+        tokens = int(pc.sum(pc.list_value_length(data.column("chosen_ids"))).as_py() or 0) + \
+            int(pc.sum(pc.list_value_length(data.column("rejected_ids"))).as_py() or 0)
+        lines.append(f"  mask={mask}: {report.summary()}; {tokens:,} tokens stored")
+    return lines
+
+
+@click.command("tokenize")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="XTuner config (xtuner_configs/...): tokenize its train_dataset's pairs with its tokenizer, "
+                   "max_length and mask, exactly as training will.")
+@click.option("--cfg-options", "cfg_options", multiple=True, metavar="KEY=VALUE",
+              help="Override config entries, as `xtuner train --cfg-options` (repeatable).")
+@click.option("--pairs", "pairs", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Pair JSONL file(s) (ours or the authors' format), instead of --config (repeatable).")
+@click.option("--tokenizer", help="Tokenizer name or folder (with --pairs).")
+@click.option("--max-length", type=int, help="Longest prompt + response in tokens (with --pairs).")
+@click.option("--mask", "masks", multiple=True, type=click.Choice(MASK_MODES),
+              help="Mask mode(s) to compute labels for; repeat to build several (they share the ids). "
+                   "Default: the config's, or both.")
+@click.option("--num-proc", type=int, default=1, show_default=True, help="Tokenizer processes.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Root of the tokenized caches (default: $MASKDPO_TOKENIZED_CACHE or ~/.cache/maskdpo/tokenized; "
+                   "with --config, the config's cache_dir when it sets one). Use a folder every node can read.")
+def tokenize(config, cfg_options, pairs, tokenizer, max_length, masks, num_proc, cache_dir) -> None:
+    """Tokenize training pairs ahead of training (e.g. on a CPU node) into Arrow files keyed by the
+    pairs' content, the tokenizer, its chat template and max_length. Training with the same settings
+    opens them instead of tokenizing; so does `maskdpo ref-cache`. Point MASKDPO_PAIRS (or the config's
+    data_files) at the printed folder to train from it directly.
+    """
+    from ..jsonl import RecordError
+    from ..xtuner.dataset import prepare_tokenized
+
+    if bool(config) == bool(pairs):
+        raise click.UsageError("give --config or --pairs (with --tokenizer and --max-length)")
+    if num_proc < 1:
+        raise click.BadParameter(f"must be at least 1, got {num_proc}", param_hint="--num-proc")
+    drop_truncated = False
+    if config:
+        data_files, tok, max_length, config_mask, drop_truncated, config_cache = _from_config(config, cfg_options)
+        masks = list(masks) or [config_mask]
+        cache_dir = cache_dir or config_cache
+    else:
+        if not tokenizer or not max_length:
+            raise click.UsageError("--pairs needs --tokenizer and --max-length")
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tokenizer, use_fast=True)
+        data_files = [str(p) for p in pairs]
+        masks = list(masks) or ["both"]
+    try:
+        store = None
+        for mask in dict.fromkeys(masks):
+            store = prepare_tokenized(data_files, tok, max_length, mask, cache_dir=cache_dir, num_proc=num_proc)
+        for line in describe(store, list(dict.fromkeys(masks)), drop_truncated):
+            click.echo(line)
+    except (RecordError, ValueError, FileNotFoundError, TypeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"train from it: MASKDPO_PAIRS={store.folder} (or data_files='{store.folder}' in the config)")
+
+
+def _from_config(config: Path, cfg_options: tuple[str, ...]):
+    from mmengine.config import Config
+    from xtuner.registry import BUILDER
+
+    from .ref_cache import _parse_cfg_options
+
+    cfg = Config.fromfile(str(config))
+    if cfg_options:
+        cfg.merge_from_dict(_parse_cfg_options(cfg_options))
+    data = cfg.train_dataloader.dataset
+    for key in ("data_files", "tokenizer", "max_length"):
+        if key not in data:
+            raise click.ClickException(f"{config}: train_dataloader.dataset has no {key!r}: is it build_maskdpo_dataset?")
+    tok = BUILDER.build(data["tokenizer"]) if isinstance(data["tokenizer"], dict) else data["tokenizer"]
+    return (data["data_files"], tok, data["max_length"], data.get("mask", "both"), data.get("drop_truncated", False),
+            data.get("cache_dir"))

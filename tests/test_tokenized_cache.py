@@ -1,0 +1,226 @@
+"""The tokenized cache behind build_maskdpo_dataset: same items as the in-memory path, built once,
+shared by mask modes, reopened without tokenizing, small to send to other ranks, errors with file:line."""
+
+import json
+import pickle
+
+import pytest
+
+from maskdpo.jsonl import RecordError
+from maskdpo.masking import MASK_MODES
+from maskdpo.xtuner import dataset as ds_module
+from maskdpo.xtuner.dataset import (
+    NO_SIGNAL,
+    BuildReport,
+    PackedPairDataset,
+    TokenizedPairs,
+    build_maskdpo_dataset,
+    encode_pairs,
+    line_index,
+    prepare_tokenized,
+    read_pairs,
+)
+from tests.test_xtuner_data import FACTS, pair_records, write_pairs
+
+
+@pytest.fixture(autouse=True)
+def _offline_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("MASKDPO_TOKENIZED_CACHE", str(tmp_path / "tokenized"))
+
+
+@pytest.fixture(scope="module", params=["tiny-llama", "smollm2"])
+def tokenizer(request, tiny_llama_dir, smollm2_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_llama_dir if request.param == "tiny-llama" else smollm2_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_llama_dir)
+
+
+def many_facts(n):
+    """``n`` distinct pairs of 2-4 sentences with varied labels (some long enough to truncate)."""
+    out = []
+    for k in range(n):
+        question, cs, ct, rs, rt = FACTS[k % len(FACTS)]
+        extra = [f"Record {k} was checked in {1900 + k % 97}.", f"It has {k % 7} more notes."][: 1 + k % 2]
+        kinds = ["no_hallucination", "hallucination"]
+        out.append((f"{question} (case {k})", cs + extra, ct + [kinds[(k // 2) % 2]] * len(extra),
+                    rs + extra, rt + [kinds[(k // 3) % 2]] * len(extra)))
+    return out
+
+
+def messy_records(authors_format):
+    """A few hundred pairs plus what the builders must reject or count: a malformed line, a pair
+    whose sentence is not in its response, a pair with no kept token."""
+    records = pair_records(authors_format, facts=many_facts(240))
+    records[7]["chosen_item"]["type"] = ["hallucination"] * len(records[7]["chosen_item"]["type"])
+    records[7]["rejected_item"]["type"] = ["no_hallucination"] * len(records[7]["rejected_item"]["type"])
+    # Not in its response: with spans the record reader refuses it, without, the alignment does.
+    records[50]["rejected_item"]["sents"][0] = "A sentence that is not in the response."
+    del records[120]["chosen_item"]["type"]
+    return records
+
+
+def write_messy(path, authors_format):
+    lines = [json.dumps(r) for r in messy_records(authors_format)]
+    lines.insert(30, "")  # a blank line: line numbers still count it
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def in_memory(path, tokenizer, max_length, mask, drop_truncated):
+    """The builder as it was before the cache: read every pair, tokenize in one process, keep lists."""
+    report = BuildReport()
+    pairs = read_pairs(str(path), skip_invalid=True, report=report)
+    items = encode_pairs(pairs, tokenizer, max_length, mask=mask, drop_truncated=drop_truncated, skip_invalid=True,
+                         report=report)
+    return items, report
+
+
+@pytest.mark.parametrize("authors_format", [False, True], ids=["ours", "authors"])
+def test_same_items_and_counts_as_the_in_memory_builder_in_every_mask_mode(tmp_path, tokenizer, authors_format):
+    path = write_messy(tmp_path / "pairs.jsonl", authors_format)
+    items, _ = in_memory(path, tokenizer, 10_000, "none", False)
+    lengths = sorted(max(len(i["chosen_ids"]), len(i["rejected_ids"])) for i in items)
+    max_length = lengths[len(lengths) // 2]  # about half the pairs are truncated
+    folders, reports = set(), {}
+    for drop_truncated in (False, True):
+        for mask in MASK_MODES:  # modes after the first reuse the stored ids
+            old, old_report = in_memory(path, tokenizer, max_length, mask, drop_truncated)
+            new = build_maskdpo_dataset(str(path), tokenizer, max_length=max_length, mask=mask,
+                                        drop_truncated=drop_truncated, skip_invalid=True, num_proc=2)
+            assert [new[i] for i in range(len(new))] == old
+            assert new.report.summary() == old_report.summary()
+            assert all(isinstance(x, int) for x in new[0]["chosen_ids"] + new[0]["rejected_labels"])
+            folders.add(new.store.folder)
+            reports[drop_truncated, mask] = old_report
+    assert len(folders) == 1  # one tokenization: drop_truncated and mask choose rows and labels from it
+    kept_all, dropped = reports[False, "both"], reports[True, "both"]
+    assert kept_all.truncated > 20 and kept_all.kept > 200
+    assert kept_all.rejected["invalid record"] == 1 + (not authors_format)
+    assert kept_all.rejected["invalid pair"] == int(authors_format)
+    assert reports[False, "none"].rejected.get(NO_SIGNAL, 0) == 0  # vanilla DPO keeps every response token
+    assert dropped.rejected[f"longer than max_length {max_length}"] >= kept_all.truncated
+    built = sorted(p.name for p in next(iter(folders)).iterdir())
+    assert built == ["labels-chosen", "labels-none", "labels-rejected", "manifest.json", "pairs"]
+
+
+def test_a_second_build_opens_the_cache_without_tokenizing(tmp_path, tiny_tokenizer, monkeypatch):
+    path = write_pairs(tmp_path / "p.jsonl")
+    first = build_maskdpo_dataset(str(path), tiny_tokenizer, max_length=512)
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr(ds_module, "tokenize_rows", no_tokenizing)
+    again = build_maskdpo_dataset(str(path), tiny_tokenizer, max_length=512)
+    assert [again[i] for i in range(4)] == [first[i] for i in range(4)]
+    copy = tmp_path / "copy.jsonl"  # same content elsewhere: same cache, errors name the new path
+    copy.write_bytes(path.read_bytes())
+    assert build_maskdpo_dataset(str(copy), tiny_tokenizer, max_length=512).store.folder == first.store.folder
+    with pytest.raises(AssertionError, match="tokenized again"):  # another max_length is another key
+        build_maskdpo_dataset(str(path), tiny_tokenizer, max_length=100)
+    records = pair_records()
+    records[0]["chosen_item"]["type"][1] = "hallucination"
+    with pytest.raises(AssertionError, match="tokenized again"):  # other content is another key
+        build_maskdpo_dataset(str(write_pairs(tmp_path / "p.jsonl", records=records)), tiny_tokenizer, max_length=512)
+
+
+def test_another_rank_receives_a_few_hundred_bytes_and_opens_the_same_rows(tmp_path, tiny_tokenizer):
+    path = write_pairs(tmp_path / "p.jsonl", records=pair_records(facts=many_facts(200)))
+    dataset = build_maskdpo_dataset(str(path), tiny_tokenizer, max_length=512, mask="rejected")
+    payload = pickle.dumps(dataset)
+    assert len(payload) < 2000
+    other = pickle.loads(payload)
+    assert len(other) == len(dataset) == 200
+    assert other[123] == dataset[123]
+    packed = PackedPairDataset(dataset, max_packed_length=600, shuffle_before_pack=True)
+    payload = pickle.dumps(packed)
+    assert len(payload) < 2000
+    other = pickle.loads(payload)
+    assert len(other) == len(packed) > 1
+    assert [other[i] for i in range(len(other))] == [packed[i] for i in range(len(packed))]
+    assert sorted(pid for i in range(len(packed)) for pid in packed[i]["pair_ids"]) == \
+        sorted(dataset[i]["pair_id"] for i in range(len(dataset)))
+    assert max(packed.lengths) <= 600
+
+
+def test_packing_without_shuffle_matches_xtuner(tmp_path, tiny_tokenizer):
+    from xtuner.dataset.preference_dataset import PackedDatasetWrapper
+
+    path = write_pairs(tmp_path / "p.jsonl", records=pair_records(facts=many_facts(40)))
+    dataset = build_maskdpo_dataset(str(path), tiny_tokenizer, max_length=512)
+    ours = PackedPairDataset(dataset, max_packed_length=300, shuffle_before_pack=False)
+    theirs = PackedDatasetWrapper([dataset[i] for i in range(len(dataset))], max_packed_length=300,
+                                  shuffle_before_pack=False)
+    assert len(ours) == len(theirs) > 1
+    for i in range(len(ours)):
+        row = ours[i]
+        assert {k: row[k] for k in ("input_ids", "labels", "position_ids", "cumulative_len")} == theirs[i]
+        assert row["pair_ids"] == [p["pair_id"] for p in theirs.data[i]]
+
+
+def test_errors_name_file_line_and_field_from_the_cache_too(tmp_path, tiny_tokenizer, monkeypatch):
+    path = write_messy(tmp_path / "bad.jsonl", authors_format=False)
+    for attempt in ("built", "cached"):
+        with pytest.raises(RecordError, match=r"bad\.jsonl:52: field 'rejected_item\.spans\[0\]': text 'A sentence"):
+            build_maskdpo_dataset(str(path), tiny_tokenizer, max_length=512)
+        monkeypatch.setattr(ds_module, "tokenize_rows", None)  # the second attempt must not tokenize
+    monkeypatch.undo()
+    monkeypatch.setenv("MASKDPO_TOKENIZED_CACHE", str(tmp_path / "tokenized"))
+    records = messy_records(authors_format=True)
+    del records[120]
+    path = write_pairs(tmp_path / "pairs.jsonl", records=records)
+    with pytest.raises(ValueError, match=r"pairs\.jsonl:51: pair 'sha1:\w+': rejected_item\.sents\[0\]"):
+        build_maskdpo_dataset(str(path), tiny_tokenizer, max_length=512)
+    records = pair_records(facts=many_facts(10))
+    records[3]["id"] = "pair-1"
+    path = write_pairs(tmp_path / "dup.jsonl", records=records)
+    with pytest.raises(ValueError, match=r"dup\.jsonl:4: pair id 'pair-1' repeats the pair at .*dup\.jsonl:2"):
+        build_maskdpo_dataset(str(path), tiny_tokenizer, max_length=512, skip_invalid=True)
+
+
+def test_a_killed_build_leaves_no_cache_and_the_next_one_completes(tmp_path, tiny_tokenizer, monkeypatch):
+    path = write_pairs(tmp_path / "p.jsonl")
+    real = ds_module.tokenize_rows
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ds_module, "tokenize_rows", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_tokenized(str(path), tiny_tokenizer, 512)
+    root = tmp_path / "tokenized"
+    assert not any((p / "manifest.json").exists() for p in root.iterdir())
+    monkeypatch.setattr(ds_module, "tokenize_rows", real)
+    store = prepare_tokenized(str(path), tiny_tokenizer, 512)
+    assert store.rows == 4 and [p.name for p in root.iterdir()] == [store.folder.name]  # the torn build is gone
+
+
+def test_training_from_a_cache_folder_checks_tokenizer_and_max_length(tmp_path, tiny_tokenizer, smollm2_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    path = write_pairs(tmp_path / "p.jsonl")
+    store = prepare_tokenized(str(path), tiny_tokenizer, 512, "both")
+    from_folder = build_maskdpo_dataset(str(store.folder), tiny_tokenizer, max_length=512, mask="none")
+    assert len(from_folder) == 4 and "labels-none" in {p.name for p in store.folder.iterdir()}
+    with pytest.raises(ValueError, match="tokenized with max_length 512, but the config says 256"):
+        build_maskdpo_dataset(str(store.folder), tiny_tokenizer, max_length=256)
+    with pytest.raises(ValueError, match="tokenized with tokenizer"):
+        build_maskdpo_dataset(str(store.folder), AutoTokenizer.from_pretrained(smollm2_tokenizer_dir), max_length=512)
+    assert TokenizedPairs.open(store.folder).modes() == ["both", "none"]
+
+
+def test_line_index_counts_blank_lines_and_a_last_line_without_newline(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"a": 1}\n\n   \n{"b": 2}\r\n{"c": 3}')
+    lines, offsets, lengths = line_index(path, block=5)  # blocks smaller than a line
+    assert lines.tolist() == [1, 4, 5]
+    data = path.read_bytes()
+    assert [data[o:o + n] for o, n in zip(offsets, lengths)] == [b'{"a": 1}', b'{"b": 2}\r', b'{"c": 3}']
