@@ -1,5 +1,6 @@
 """How the example files were made: hand-written responses and per-sentence labels; spans come from
-maskdpo.sentences.split_sentences. Run from the repository root:
+maskdpo.sentences.split_sentences with the ANAH-v2 judge's rules (so "e.g." and "Approx." end a
+sentence, as the judge's own splitter does). Run from the repository root:
 
     python data/make_examples.py
     maskdpo pairs --annotations data/annotations.jsonl --out data/pairs.jsonl
@@ -59,7 +60,7 @@ samples = [
      "Ada Lovelace (1815-1852) was an English mathematician and writer. She was the only legitimate child of "
      "Lord Byron. She is chiefly known for her work on Charles Babbage's Analytical Engine, e.g. her notes on it. "
      "Those notes include what is often called the first computer algorithm.",
-     ["ok", "ok", "ok", "ok"]),
+     ["ok", "ok", "ok", "ok", "ok"]),
     ("anah-en-0001", 1,
      "Ada Lovelace was a French physicist born in 1825. She worked with Dr. Charles Babbage on the Difference "
      "Engine No. 2 in the U.S. capital. Her notes include the first published algorithm. Great question!",
@@ -75,7 +76,7 @@ samples = [
     ("anah-en-0002", 1,
      "The Eiffel Tower stands on the Champ de Mars in Paris. It is 3.5 km tall and was finished in 1901. "
      "Approx. 7 million people visit it every year. It was the tallest structure in the world until 1930.",
-     ["ok", "contradictory", "unverifiable", "ok"]),
+     ["ok", "contradictory", "nofact", "unverifiable", "ok"]),
     ("anah-en-0003", 0,
      "Marie Curie was a Polish and naturalised-French physicist and chemist. She won the Nobel Prize in "
      "Physics in 1903 and in Chemistry in 1911. She discovered polonium and radium with Pierre Curie.",
@@ -115,7 +116,7 @@ for qid, idx, response, labels in samples:
     s = Sample(question_id=qid, sample_index=idx, messages=messages, response=response, model=MODEL,
                backend="lmdeploy", generation={**GEN, "seed": 1000 + idx},
                meta={"topic": q.topic, "language": q.language})
-    spans = split_sentences(response, q.language)
+    spans = split_sentences(response, q.language, rules="anah-v2")
     assert len(spans) == len(labels), (qid, idx, [response[a:b] for a, b in spans])
     raw = {"ok": "<No Hallucination>", "nofact": "<No Facts>", "contradictory": "<Contradictory>",
            "unverifiable": "<Unverifiable>"}
