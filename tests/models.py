@@ -80,6 +80,12 @@ def smollm2_model_dir() -> Path:
         folder = smollm2_gguf_dir()
         tok = _fix_smollm2_special_tokens(AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF))
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+        # transformers 5 marks a model loaded from GGUF as quantized ("gguf") and refuses to save it;
+        # its weights are already dequantised, so the mark is dropped (transformers 4 sets none).
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
         model.config.eos_token_id = model.generation_config.eos_token_id = tok.eos_token_id
         model.config.pad_token_id = model.generation_config.pad_token_id = tok.pad_token_id
         model.save_pretrained(out)
