@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from ..jsonl import JsonlAppender
 from ..records import Annotation, Sample
@@ -62,6 +62,16 @@ class AnnotateSettings:
     base_url: Optional[str] = knob(None, "openai backend: server URL (default: $OPENAI_BASE_URL).")
     api_key: Optional[str] = knob(None, "openai backend: API key (default: $OPENAI_API_KEY). Never written to disk.")
     concurrency: int = knob(8, "openai backend: calls in flight.")
+    server_profile: Literal["auto", "extended", "openai"] = knob(
+        "auto", "openai backend: which sampling fields the server is sent (see `maskdpo sample --help`); the judge "
+                "is greedy: temperature 0, and top-k 1, min-p 0, repetition penalty 1.0 where the profile can send them.")
+    tokenizer: Optional[str] = knob(None, "openai backend: a local copy of the judge's tokenizer, to record the chat "
+                                          "template the server is expected to apply.")
+    max_retries: int = knob(5, "openai backend: retries of a failed call (connection errors, timeouts, HTTP 429/"
+                               "502/503/504; HTTP 500 at most twice; other errors never).")
+    timeout: float = knob(600.0, "openai backend: seconds per call.")
+    allow_model_mismatch: bool = knob(False, "openai backend: only warn (and count) when the server serves another "
+                                             "model than --model, instead of stopping.")
     skip_invalid: bool = knob(False, "Skip and count malformed sample and question lines instead of stopping.")
     allow_empty: bool = knob(False, "Accept a samples or questions file with no record (otherwise an error).")
 
@@ -76,12 +86,14 @@ class AnnotateSummary:
     labels: dict[str, int] = field(default_factory=dict)
     unparseable: int = 0
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what the judge's backend reports (openai: profile, retries...)
 
     def line(self) -> str:
         rate = self.sentences / self.seconds if self.seconds > 0 else 0.0
         labels = ", ".join(f"{k} {v}" for k, v in sorted(self.labels.items())) or "none"
-        return (f"{self.out}: {self.written} samples annotated ({self.sentences} sentences, {rate:.2f} sentences/s), "
+        text = (f"{self.out}: {self.written} samples annotated ({self.sentences} sentences, {rate:.2f} sentences/s), "
                 f"{self.already_done} already there; labels: {labels}; unparseable judge answers: {self.unparseable}")
+        return "\n".join([text] + [f"  {note}" for note in self.notes])
 
 
 def annotator_class(name: str) -> type:
@@ -198,6 +210,8 @@ def run_annotation(settings: AnnotateSettings, annotator: Annotator | None = Non
                 bar.set_postfix(sentences_per_s=f"{sentences / max(time.perf_counter() - start, 1e-9):.1f}")
         stats = Counter(getattr(annotator, "stats", {}))
         unparseable = stats["unparseable"] - stats_before["unparseable"]
+    judge = getattr(annotator, "backend", None)
+    notes = judge.notes() if hasattr(judge, "notes") else []
     return AnnotateSummary(str(out), len(samples), written, already, sentences, dict(labels), unparseable,
-                           time.perf_counter() - start)
+                           time.perf_counter() - start, notes)
 
