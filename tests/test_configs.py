@@ -103,3 +103,25 @@ def test_cpu_config_takes_paths_and_sizes_from_the_environment(monkeypatch, tmp_
     assert cfg.train_dataloader.batch_size == 4 and cfg.default_hooks.checkpoint.interval == 7
     assert cfg.optim_wrapper.type.__name__ == "OptimWrapper"  # fp32 on CPU
     assert [s.type.__name__ for s in cfg.param_scheduler] == ["CosineAnnealingLR"]  # no zero-length warmup
+
+
+def test_configs_train_from_pair_files_or_a_tokenized_folder(monkeypatch, tmp_path, tiny_llama_dir):
+    from transformers import AutoTokenizer
+    from xtuner.registry import BUILDER
+
+    from maskdpo.xtuner.dataset import prepare_tokenized
+    from tests.test_xtuner_data import write_pairs
+
+    pairs = write_pairs(tmp_path / "p.jsonl")
+    monkeypatch.setenv("MASKDPO_MODEL", str(tiny_llama_dir))
+    monkeypatch.setenv("MASKDPO_TOKENIZED_CACHE", str(tmp_path / "tokenized"))
+    monkeypatch.setenv("MASKDPO_NUM_PROC", "2")
+    paper = _load(PAPER).train_dataloader.dataset
+    assert paper.cache_dir == str(tmp_path / "tokenized") and paper.num_proc == 2
+    monkeypatch.delenv("MASKDPO_NUM_PROC")
+    assert _load(PAPER).train_dataloader.dataset.num_proc == 8 and _load(CPU).train_dataloader.dataset.num_proc == 1
+    store = prepare_tokenized(str(pairs), AutoTokenizer.from_pretrained(tiny_llama_dir), 512, "both")
+    for data_files in (pairs, store.folder):  # pair files, or what `maskdpo tokenize` made
+        monkeypatch.setenv("MASKDPO_PAIRS", str(data_files))
+        dataset = BUILDER.build(_load(CPU).train_dataloader.dataset)
+        assert len(dataset) == 4 and dataset.store.folder == store.folder

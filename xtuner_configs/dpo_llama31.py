@@ -28,7 +28,9 @@ beta = 0.1  # paper
 label_smoothing = 0.0  # paper
 
 # Data
-pairs_file = environ.get("MASKDPO_PAIRS", "data/pairs.jsonl")  # `maskdpo pairs` output or the authors' format
+pairs_file = environ.get("MASKDPO_PAIRS", "data/pairs.jsonl")  # pair JSONL (ours or the authors') or a `maskdpo tokenize` folder
+tokenized_cache = environ.get("MASKDPO_TOKENIZED_CACHE") or None  # tokenized pairs; None = ~/.cache/maskdpo/tokenized
+tokenize_num_proc = int(environ.get("MASKDPO_NUM_PROC", "8"))  # tokenizer processes when the cache is built
 del environ  # keep the process environment out of the dumped config
 mask = "none"  # vanilla DPO: every response token counts (the only change from maskdpo_llama31.py)
 max_length = 1024  # prompt + response tokens (the authors' config)
@@ -94,6 +96,8 @@ train_dataset = dict(
     max_length=max_length,
     mask=mask,  # the mask lives in the data (-100 labels); the model has no mask knob
     drop_truncated=drop_truncated,
+    cache_dir=tokenized_cache,  # tokenized once, memory-mapped: reruns, resumes and other ranks open it
+    num_proc=tokenize_num_proc,
     use_varlen_attn=use_varlen_attn,
     shuffle_before_pack=True,
 )

@@ -4,8 +4,8 @@
 #   python -m xtuner.tools.train xtuner_configs/dpo_tiny_cpu.py --work-dir work_dirs/tiny
 #
 # Identical to maskdpo_tiny_cpu.py except `mask = "none"`.
-# Environment: MASKDPO_MODEL, MASKDPO_PAIRS, MASKDPO_REF_CACHE, MASKDPO_EPOCHS, MASKDPO_LR,
-# MASKDPO_BATCH_SIZE, MASKDPO_SAVE_STEPS.
+# Environment: MASKDPO_MODEL, MASKDPO_PAIRS, MASKDPO_REF_CACHE, MASKDPO_TOKENIZED_CACHE,
+# MASKDPO_NUM_PROC, MASKDPO_EPOCHS, MASKDPO_LR, MASKDPO_BATCH_SIZE, MASKDPO_SAVE_STEPS.
 
 from mmengine.dataset import DefaultSampler
 from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
@@ -23,7 +23,9 @@ from maskdpo.xtuner import MaskDPO, build_maskdpo_dataset, maskdpo_collate_fn
 # The environment sets paths and sizes, so other pipelines can point this config elsewhere.
 environ = __import__("os").environ  # mmengine's lazy import treats a plain `import os` as a lazy object
 pretrained_model_name_or_path = environ.get("MASKDPO_MODEL", "HuggingFaceTB/SmolLM2-135M-Instruct")  # policy + reference
-pairs_file = environ.get("MASKDPO_PAIRS", "data/pairs.jsonl")  # `maskdpo pairs` output or the authors' format
+pairs_file = environ.get("MASKDPO_PAIRS", "data/pairs.jsonl")  # pair JSONL (ours or the authors') or a `maskdpo tokenize` folder
+tokenized_cache = environ.get("MASKDPO_TOKENIZED_CACHE") or None  # tokenized pairs; None = ~/.cache/maskdpo/tokenized
+tokenize_num_proc = int(environ.get("MASKDPO_NUM_PROC", "1"))  # tokenizer processes when the cache is built
 ref_cache = environ.get("MASKDPO_REF_CACHE") or None  # `maskdpo ref-cache` output; None = run the reference live
 max_epochs = int(environ.get("MASKDPO_EPOCHS", "3"))
 lr = float(environ.get("MASKDPO_LR", "1e-4"))  # small models need a larger step than the paper's 5e-6
@@ -99,6 +101,8 @@ train_dataset = dict(
     max_length=max_length,
     mask=mask,  # the mask lives in the data (-100 labels); the model has no mask knob
     drop_truncated=drop_truncated,
+    cache_dir=tokenized_cache,  # tokenized once, memory-mapped: reruns, resumes and other ranks open it
+    num_proc=tokenize_num_proc,
     use_varlen_attn=use_varlen_attn,
     shuffle_before_pack=True,
 )

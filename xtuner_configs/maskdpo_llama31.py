@@ -2,7 +2,8 @@
 #
 #   NPROC_PER_NODE=8 xtuner train xtuner_configs/maskdpo_llama31.py --deepspeed deepspeed_zero3
 #
-# Paths come from the environment (MASKDPO_MODEL, MASKDPO_PAIRS, MASKDPO_REF_CACHE)
+# Paths come from the environment (MASKDPO_MODEL, MASKDPO_PAIRS, MASKDPO_REF_CACHE,
+# MASKDPO_TOKENIZED_CACHE, MASKDPO_NUM_PROC)
 # or from --cfg-options on the built dicts (model.llm.pretrained_model_name_or_path=...).
 # Every knob is in PART 1; the CPU configs differ from this file only there.
 
@@ -30,7 +31,9 @@ beta = 0.1  # paper
 label_smoothing = 0.0  # paper
 
 # Data
-pairs_file = environ.get("MASKDPO_PAIRS", "data/pairs.jsonl")  # `maskdpo pairs` output or the authors' format
+pairs_file = environ.get("MASKDPO_PAIRS", "data/pairs.jsonl")  # pair JSONL (ours or the authors') or a `maskdpo tokenize` folder
+tokenized_cache = environ.get("MASKDPO_TOKENIZED_CACHE") or None  # tokenized pairs; None = ~/.cache/maskdpo/tokenized
+tokenize_num_proc = int(environ.get("MASKDPO_NUM_PROC", "8"))  # tokenizer processes when the cache is built
 del environ  # keep the process environment out of the dumped config
 mask = "both"  # both = Mask-DPO; chosen / rejected = one side only; none = vanilla DPO on the same pairs
 max_length = 1024  # prompt + response tokens (the authors' config)
@@ -96,6 +99,8 @@ train_dataset = dict(
     max_length=max_length,
     mask=mask,  # the mask lives in the data (-100 labels); the model has no mask knob
     drop_truncated=drop_truncated,
+    cache_dir=tokenized_cache,  # tokenized once, memory-mapped: reruns, resumes and other ranks open it
+    num_proc=tokenize_num_proc,
     use_varlen_attn=use_varlen_attn,
     shuffle_before_pack=True,
 )
