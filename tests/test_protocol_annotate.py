@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from maskdpo import protocol
-from maskdpo.annotate.anah_v2 import AnahV2Annotator, UnparseableAnswer, parse_official
+from maskdpo.annotate.anah_v2 import AnahV2Annotator, UnparseableAnswer, official_sentence_text, parse_official
 from maskdpo.annotate.run import AnnotateSettings, run_annotation
 from maskdpo.backends.base import Decoding
 from maskdpo.records import Annotation, Question, Sample
@@ -28,7 +30,7 @@ from tests.doubles.anah_judge_double import (SYNTHETIC_META, SYNTHETIC_PROMPTS, 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EN_RESPONSE = ("Hello there! Ada Lovelace was born in 1815. She lived on Mars. She wrote the first program. "
-               "Her cat was named Bob. She liked tea.")
+               "Her cat was named Bob. She liked tea. She read J.K. Rowling.")
 ZH_RESPONSE = "北京是中国的首都。上海在火星上。你好！长城在月球上。故宫建于1420年。"
 # Answers per turn, and the official label each sentence must get.
 SCRIPT = {
@@ -39,13 +41,14 @@ SCRIPT = {
     "She wrote the first program.": ["Facts, so not <No Facts>", "Notes on the Engine.", "Un Verifiable"],
     "Her cat was named Bob.": ["<Facts>", "<No Reference  INFORMATION>"],
     "She liked tea.": ["<Facts>", "Tea is not mentioned, but she drank.", "I cannot tell."],  # no label at turn 3
+    "She read J. K. Rowling.": ["<Facts>", "Rowling.", "<No Hallucination>"],  # the official splitter's text
     "北京是中国的首都。": ["<有事实>", "北京是首都。", "<无幻觉>"],
     "上海在火星上。": ["<有事实>", "上海在中国。", "<矛盾>"],
     "你好！": ["<无事实>"],
     "长城在月球上。": ["<有事实>", "<无参考信息>"],
     "故宫建于1420年。": ["<有事实>", "故宫。", "<无法验证>"],
 }
-EXPECTED_EN = ["nofact", "ok", "contradictory", "unverifiable", "unverifiable", "ok"]
+EXPECTED_EN = ["nofact", "ok", "contradictory", "unverifiable", "unverifiable", "ok", "ok"]
 EXPECTED_ZH = ["ok", "contradictory", "nofact", "unverifiable", "unverifiable"]
 QUESTIONS = {
     "ada": Question(id="ada", question="Who was Ada Lovelace?", document="Ada Lovelace (1815-1852) ...", language="en"),
@@ -88,8 +91,7 @@ def expected_requests() -> list[list[dict]]:
     out = []
     for sample in samples():
         q = QUESTIONS[sample.question_id]
-        for a, b in split_sentences(sample.response, q.language, rules="anah-v2"):
-            sentence = sample.response[a:b]
+        for sentence in reference_sentences(sample.response, q.language):  # the official splitter's texts
             out += official_conversation(q, sentence, SCRIPT[sentence])
     return out
 
@@ -142,13 +144,15 @@ def test_every_sentence_gets_exactly_the_official_conversation(cache):
     sent = [r.messages for call in judge.calls for r in call]
     assert canonical(sent) == canonical(expected_requests())
     assert all(d == Decoding.greedy(512, stop=("<|im_end|>",)) for d in judge.decodings)
-    tea = en.sentences[-1]
+    tea = en.sentences[-2]
     assert tea.raw == {"answers": SCRIPT["She liked tea."], "unparseable": "type"}  # counted, marked, label ok
-    assert annotator.stats["unparseable"] == 1 and annotator.stats["sentences"] == 11
+    assert annotator.stats["unparseable"] == 1 and annotator.stats["sentences"] == 12
+    assert en.sentences[-1].text == "She read J.K. Rowling." and en.sentences[-1].raw["judged_text"] == "She read J. K. Rowling."
     for ann in (en, zh):
         Annotation.from_dict(ann.to_dict())
         for s in ann.sentences:
-            assert s.raw["answers"] == SCRIPT[s.text][:len(s.raw["answers"])]
+            judged = s.raw.get("judged_text", s.text)
+            assert s.raw["answers"] == SCRIPT[judged][:len(s.raw["answers"])]
 
 
 def test_turn_three_shows_the_turn_two_answer_as_the_reference(cache):
@@ -164,14 +168,14 @@ def test_turn_batching_and_the_official_order_give_the_same_labels(cache):
     batched, sequential = ScriptedAnahJudgeDouble(SCRIPT), ScriptedAnahJudgeDouble(SCRIPT)
     a = AnahV2Annotator(backend=batched).annotate(samples(), questions())
     b = AnahV2Annotator(backend=sequential, turn_batching=False).annotate(samples(), questions())
-    assert [len(c) for c in batched.calls] == [11, 9, 7]  # 2 nofact at turn 1, 2 unverifiable at turn 2
-    assert all(len(c) == 1 for c in sequential.calls) and len(sequential.calls) == 11 + 9 + 7
+    assert [len(c) for c in batched.calls] == [12, 10, 8]  # 2 nofact at turn 1, 2 unverifiable at turn 2
+    assert all(len(c) == 1 for c in sequential.calls) and len(sequential.calls) == 12 + 10 + 8
     assert [x.to_dict() for x in a] == [x.to_dict() for x in b]
 
 
 def test_unparseable_rule(cache):
     other = AnahV2Annotator(backend=ScriptedAnahJudgeDouble(SCRIPT), unparseable="unverifiable")
-    assert other.annotate(samples()[:1], questions())[0].sentences[-1].label == "unverifiable"
+    assert other.annotate(samples()[:1], questions())[0].sentences[-2].label == "unverifiable"
     strict = AnahV2Annotator(backend=ScriptedAnahJudgeDouble(SCRIPT), unparseable="error")
     with pytest.raises(UnparseableAnswer, match=r"sample \('ada', 0\), sentence at \d+:\d+, turn 'type'"):
         strict.annotate(samples()[:1], questions())
@@ -344,3 +348,80 @@ def test_eval_run_passes_the_annotator_options():
     a = _annotate_settings(settings, Path("s"), Path("q"), Path("a"))
     assert (a.prompts, a.splitter, a.unparseable) == ("maskdpo", "maskdpo", "error")
     assert (AnnotateSettings().prompts, AnnotateSettings().splitter) == ("official", "anah-v2")
+
+
+# ---------------------------------------------------------------- the sentence text the judge sees
+
+# The official splitter's rewrite rules, written out again here as a whole-text procedure (rewrite the
+# response, split it, strip, rewrite each sentence back): the independent construction the per-span
+# function must agree with.
+_T = "(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sept|Oct|Nov|Dec|No|Op|D|Dr|St)"
+FORWARD = [("O\\.S\\.B\\.M\\. ", "O.S.B.M."), (r"(\W|^)([A-Z]\.) ?([A-Z]\.) ?([A-Za-z])", r"\1\2\3\4"),
+           (r"(\W|^)([A-Z]\.) ?([A-Za-z])", r"\1\2\3"), (r"((\n\s*)|(\. ))(\d+)\.\s+", r"\1\4."),
+           (r"^(\d+)\.\s+", r"\1."), (r"(\W|^)" + _T + r"\.\s+", r"\1\2."), (r"(\W|^)(et al)\.\s+([a-z])", r"\1\2.\3"),
+           (r"Alexander v\. Holmes", "Alexander v.Holmes"), (r"Brown v\. Board", "Brown v.Board")]
+BACK = [(r"^(\d+)\.", r"\1. "), (r"(\W|^)([A-Z]\.) ?([A-Z]\.) ?([A-Za-z])", r"\1\2 \3 \4"),
+        (r"(\W|^)([A-Z]\.) ?([A-Z][a-z])", r"\1\2 \3"), (r"(\W|^)" + _T + r"\.", r"\1\2. "),
+        (r"(\W|^)(et al)\.([a-z])", r"\1\2. \3"), ("O\\.S\\.B\\.M\\.", "O.S.B.M. "), ("U\\. +S\\.", "U.S."),
+        ("U\\.S\\. *S\\. *R\\.", "U.S.S.R."), ("D\\. +C\\.", "D.C."), ("D\\. +Roosevelt", "D. Roosevelt"),
+        ("A\\. *D\\. *(\\W)", r"A.D.\1"), ("A\\. +D\\.", "A.D."), ("F\\. +C\\.", "F.C."), ("J\\. +League", "J.League"),
+        (r"Alexander v\. *Holmes", "Alexander v. Holmes"), (r"Brown v\. *Board", "Brown v. Board")]
+
+
+def reference_sentences(text: str, language: str) -> list[str]:
+    import re
+
+    if language == "zh":
+        parts = re.split("(。|！|？|；|\n+)", re.sub(r"([:：])(\s+)", r"\1", text))
+        return [s for s in ("".join(parts[i:i + 2]).strip() for i in range(0, len(parts), 2)) if s]
+    for pattern, repl in FORWARD:
+        text = re.sub(pattern, repl, text)
+    parts = re.split(r"((?:[.!?;]\s+)|(?:\n+))", re.sub(r"([:：])(\s+)", r"\1 ", text))
+    out = []
+    for i in range(0, len(parts), 2):
+        sentence = "".join(parts[i:i + 2]).strip()
+        if sentence:
+            for pattern, repl in BACK:
+                sentence = re.sub(pattern, repl, sentence)
+            out.append(sentence)
+    return out
+
+
+EN_WORDS = ["Ada", "was", "born", "J.", "K.", "U.", "S.", "D.", "C.", "A.", "F.", "Dr.", "Mr.", "St.", "Jan.", "No.",
+            "et al.", "v.", "Holmes", "Board", "Brown", "Alexander", "1.", "2.", "3.5", "e.g.", "facts:", "yes.", "no!",
+            "why?", "ok;", "\"yes.\"", "(1815).", "O.S.B.M.", "League", "Roosevelt", "the", "-"]
+ZH_PIECES = ["北京", "是", "首都", "。", "！", "？", "；", "：", "“", "”", "1.", " ", "\n", "上海", "，", "3.5", "Dr."]
+
+
+def test_official_sentence_text_examples():
+    text = "Here are the facts:\n1. Ada Lovelace was born in 1815.\n2. She met J.K. Rowling."
+    spans = split_sentences(text, "en", rules="anah-v2")
+    assert [official_sentence_text(text[a:b], "en") for a, b in spans] == [
+        "Here are the facts: 1.Ada Lovelace was born in 1815.", "2. She met J. K. Rowling."]
+    assert official_sentence_text("He lived in Washington, D. C. for years.", "en") == \
+        "He lived in Washington, D.C. for years."
+    assert official_sentence_text("要点如下：\n1. 北京是首都。", "zh") == "要点如下：1. 北京是首都。"
+    assert official_sentence_text("Ada Lovelace was born in 1815.", "en") == "Ada Lovelace was born in 1815."
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(EN_WORDS), st.sampled_from([" ", " ", "  ", "\n", "\n\n", "\n  ", ""])),
+                min_size=1, max_size=20),
+       st.lists(st.sampled_from(ZH_PIECES), min_size=1, max_size=20))
+def test_official_sentence_text_per_span_equals_the_whole_text_procedure(en_words, zh_pieces):
+    for text, language in (("".join(w + s for w, s in en_words), "en"), ("".join(zh_pieces), "zh")):
+        spans = split_sentences(text, language, rules="anah-v2")
+        assert [official_sentence_text(text[a:b], language) for a, b in spans] == reference_sentences(text, language)
+
+
+def test_the_judge_sees_the_official_sentence_text_and_the_record_keeps_the_span(cache):
+    response = "Here are the facts:\n1. Ada Lovelace was born in 1815."
+    judged = "Here are the facts: 1.Ada Lovelace was born in 1815."
+    judge = ScriptedAnahJudgeDouble({judged: ["<No Facts>"]})
+    sample = Sample(question_id="ada", sample_index=0, response=response, messages=[{"role": "user", "content": "q"}],
+                    model="m", backend="hf", generation={})
+    ann = AnahV2Annotator(backend=judge).annotate([sample], questions())[0]
+    assert [s.text for s in ann.sentences] == [response] and ann.sentences[0].raw["judged_text"] == judged
+    lines = {line: ["<No Facts>"] for line in response.split("\n")}
+    ours = AnahV2Annotator(backend=ScriptedAnahJudgeDouble(lines), splitter="maskdpo")
+    assert len(ours.annotate([sample], questions())[0].sentences) == 2  # our rules: the list item is a sentence

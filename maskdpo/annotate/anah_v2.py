@@ -73,6 +73,65 @@ OFFICIAL_NO_FACTS = ("<No Facts>", "<无事实>")
 OFFICIAL_NO_REFERENCE = ("noreferenceinformation", "无参考信息")
 OFFICIAL_TYPES = ((("nohallucination", "无幻觉"), "ok"), (("contradictory", "矛盾"), "contradictory"),
                   (("unverifiable", "无法验证"), "unverifiable"))
+
+# The text the official splitter hands the judge for a sentence (``utils.py::sentence_tokenize``):
+# English text is rewritten before splitting (spaces after initials, list numbers and some
+# abbreviations removed, whitespace after a colon made one space) and each sentence rewritten back
+# (spacing re-inserted, a few fixed names normalised); Chinese loses the whitespace after a colon.
+_TITLES = r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sept|Oct|Nov|Dec|No|Op|D|Dr|St)"
+_EN_BEFORE_SPLIT = [
+    (r"O\.S\.B\.M\. ", "O.S.B.M."),
+    (r"(\W|^)([A-Z]\.) ?([A-Z]\.) ?([A-Za-z])", r"\1\2\3\4"),
+    (r"(\W|^)([A-Z]\.) ?([A-Za-z])", r"\1\2\3"),
+    (r"((\n\s*)|(\. ))(\d+)\.\s+", r"\1\4."),
+    (r"^(\d+)\.\s+", r"\1."),
+    (r"(\W|^)" + _TITLES + r"\.\s+", r"\1\2."),
+    (r"(\W|^)(et al)\.\s+([a-z])", r"\1\2.\3"),
+    (r"Alexander v\. Holmes", "Alexander v.Holmes"),
+    (r"Brown v\. Board", "Brown v.Board"),
+    (r"([:：])(\s+)", r"\1 "),
+]
+_EN_AFTER_SPLIT = [
+    (r"^(\d+)\.", r"\1. "),
+    (r"(\W|^)([A-Z]\.) ?([A-Z]\.) ?([A-Za-z])", r"\1\2 \3 \4"),
+    (r"(\W|^)([A-Z]\.) ?([A-Z][a-z])", r"\1\2 \3"),
+    (r"(\W|^)" + _TITLES + r"\.", r"\1\2. "),
+    (r"(\W|^)(et al)\.([a-z])", r"\1\2. \3"),
+    (r"O\.S\.B\.M\.", "O.S.B.M. "),
+    (r"U\. +S\.", "U.S."),
+    (r"U\.S\. *S\. *R\.", "U.S.S.R."),
+    (r"D\. +C\.", "D.C."),
+    (r"D\. +Roosevelt", "D. Roosevelt"),
+    (r"A\. *D\. *(\W)", r"A.D.\1"),
+    (r"A\. +D\.", "A.D."),
+    (r"F\. +C\.", "F.C."),
+    (r"J\. +League", "J.League"),
+    (r"Alexander v\. *Holmes", "Alexander v. Holmes"),
+    (r"Brown v\. *Board", "Brown v. Board"),
+]
+
+
+def official_sentence_text(sentence: str, language: str) -> str:
+    """The text ANAH-v2's official splitter gives the judge for one of its sentences.
+
+    ``sentence`` is the untouched text of a span from
+    ``split_sentences(..., rules="anah-v2")``. The official function rewrites
+    the whole response, splits it, strips each sentence and rewrites it back;
+    every rewrite matches within one official sentence (a match across a
+    boundary removes the whitespace the split needs, so the two are one
+    sentence), which is why applying them to the span alone gives the same text.
+    """
+    if language == "zh":
+        return re.sub(r"([:：])(\s+)", r"\1", sentence).strip()
+    text = sentence
+    for pattern, replacement in _EN_BEFORE_SPLIT:
+        text = re.sub(pattern, replacement, text)
+    text = text.strip()
+    for pattern, replacement in _EN_AFTER_SPLIT:
+        text = re.sub(pattern, replacement, text)
+    return text
+
+
 class PromptFileError(ValueError):
     """A prompt file is malformed; the message names the file and the key."""
 
@@ -429,6 +488,13 @@ class AnahV2Annotator:
 
     # ------------------------------------------------------------------ the protocol
 
+    def judged_text(self, sentence: str, language: str) -> str:
+        """The sentence as the judge sees it: under the official protocol with the official splitter, the
+        official splitter's text (:func:`official_sentence_text`); otherwise the span's own text."""
+        if self.protocol.name == OFFICIAL and self.splitter == "anah-v2":
+            return official_sentence_text(sentence, language)
+        return sentence
+
     def _turn(self, turn_index: int, convs: list[_Conversation], where: list[tuple[str, int, int]]) -> None:
         """One judge call for every conversation still pending at ``turn_index``."""
         pending = [c for c in convs if c.label is None and len(c.answers) == turn_index]
@@ -477,12 +543,14 @@ class AnahV2Annotator:
             where.append((s.question_id, s.sample_index, i))
             for start, end in split_sentences(s.response, q.language, rules=self.splitter):
                 values = {"question": q.question, "document": q.document or "", "response": s.response,
-                          "sentence": s.response[start:end], "topic": q.topic}
+                          "sentence": self.judged_text(s.response[start:end], q.language), "topic": q.topic}
                 convs.append(_Conversation(sample=i, start=start, end=end, language=q.language, values=values))
         self._run(convs, where)
         by_sample: list[list[Sentence]] = [[] for _ in samples]
         for c in convs:
             raw: dict[str, Any] = {"answers": c.answers}
+            if c.values["sentence"] != samples[c.sample].response[c.start:c.end]:
+                raw["judged_text"] = c.values["sentence"]
             if c.unparseable_turn is not None:
                 raw["unparseable"] = c.unparseable_turn
             by_sample[c.sample].append(Sentence(text=samples[c.sample].response[c.start:c.end], start=c.start,
