@@ -40,7 +40,7 @@ def reports_errors(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except click.ClickException as exc:
             if type(exc) is click.ClickException:  # a plain ClickException exits 1; every failure exits 2
-                raise CommandError(exc.message) from None
+                raise CommandError(one_line(exc.message)) from None
             raise
         except PROJECT_ERRORS as exc:
             if os.environ.get("MASKDPO_TRACEBACK"):

@@ -92,6 +92,10 @@ def masks(pairs_path: Path, tokenizer: str, max_length: int | None, mask: str, a
         usable.append((lineno, pair))
     if limit is not None:
         usable = usable[:limit]
+    if not usable:  # nothing to show (an allowed empty file, or everything skipped): nothing to load
+        click.echo("0 pairs, 0 truncated", err=True)
+        report_skipped(stats)
+        return
     tok = load_tokenizer(tokenizer)  # after the cheap checks: bad data fails without loading anything
     shown = []
     with tqdm(total=len(usable), desc="Tokenizing pairs", unit="pair", disable=len(usable) < 2000) as bar:
