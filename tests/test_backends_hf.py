@@ -158,3 +158,31 @@ def test_shared_prefix_groups():
         assert all(rows[r][:plen] == rows[members[0]][:plen] and len(rows[r]) > plen for r in members)
     assert dict((tuple(m), p) for p, m in groups)[(0, 2, 3)] == 60
     assert shared_prefix_groups([[1, 2, 3]], 16) == [(2, [0])]  # a lone row keeps its last token
+
+
+def _layer_kv(cache, layer):
+    """(keys, values) of one layer: ``cache.layers`` on transformers 5, ``key_cache``/``value_cache`` on 4.x."""
+    if hasattr(cache, "layers"):
+        return cache.layers[layer].keys, cache.layers[layer].values
+    return cache.key_cache[layer], cache.value_cache[layer]
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["DynamicCache", "legacy tuple"])
+def test_copy_cache_selects_rows_on_this_transformers_line(legacy):
+    from transformers import DynamicCache
+
+    from maskdpo.backends.hf import _copy_cache
+
+    layers = [(torch.randn(2, 4, 3, 8), torch.randn(2, 4, 3, 8)) for _ in range(3)]  # (rows, heads, tokens, dim)
+    if legacy:
+        cache = tuple(layers)
+    else:
+        cache = DynamicCache()
+        for i, (k, v) in enumerate(layers):
+            cache.update(k, v, i)
+    index = torch.tensor([1, 0, 1, 1])
+    copied = _copy_cache(cache, index)
+    assert isinstance(copied, DynamicCache)
+    for i, (k, v) in enumerate(layers):
+        ck, cv = _layer_kv(copied, i)
+        assert torch.equal(ck, k.index_select(0, index)) and torch.equal(cv, v.index_select(0, index))

@@ -76,6 +76,11 @@ def describe_processors(processors: Sequence[Any]) -> list[tuple[str, dict]]:
     return described
 
 
+def is_noop_min_p(processor: Any) -> bool:
+    """A min-p warper with min_p 0 keeps every token (built when min_p=0.0 is sent explicitly)."""
+    return type(processor).__name__ == "MinPLogitsWarper" and float(getattr(processor, "min_p", 1.0)) == 0.0
+
+
 def expected_processors(decoding: Decoding) -> list[tuple[str, dict]]:
     """The processors that must be active for ``decoding`` (transformers order: repetition penalty, then
     the warpers temperature, top-k, top-p, min-p)."""
@@ -139,14 +144,25 @@ def shared_prefix_groups(ids: list[list[int]], min_shared: int) -> list[tuple[in
 
 
 def _copy_cache(cache: Any, index: Any) -> Any:
-    """A DynamicCache whose row r is row ``index[r]`` of ``cache`` (one prefix KV per group → one per row)."""
+    """The cache with row r = row ``index[r]`` of ``cache`` (one prefix KV per group → one per row).
+
+    Only public ``Cache`` methods that transformers 4.48 and 5.x share
+    (``update``, ``reorder_cache``); the rows are selected in place, so the
+    prefill's own cache object is returned. A legacy tuple of per-layer
+    ``(keys, values)`` (older remote-code models) is first turned into a
+    :class:`~transformers.DynamicCache`.
+    """
     from transformers import DynamicCache
 
-    layers = cache.to_legacy_cache() if hasattr(cache, "to_legacy_cache") else cache
-    copied = DynamicCache()
-    for layer, (keys, values) in enumerate(layers):
-        copied.update(keys.index_select(0, index), values.index_select(0, index), layer)
-    return copied
+    if isinstance(cache, (tuple, list)):
+        legacy, cache = cache, DynamicCache()
+        for layer, (keys, values) in enumerate(legacy):
+            cache.update(keys, values, layer)
+    if not hasattr(cache, "reorder_cache"):
+        raise TypeError(f"cannot share a prompt prefix with a {type(cache).__name__} KV cache; "
+                        "use share_prefix=False")
+    cache.reorder_cache(index)
+    return cache
 
 
 class HFBackend:
@@ -200,13 +216,18 @@ class HFBackend:
         """A complete GenerationConfig: nothing left for generation_config.json to fill in."""
         from transformers import GenerationConfig
 
+        # transformers 5 fills every field left None from generation_config.json (there is no
+        # use_model_defaults switch any more), so the other sampling knobs get their neutral values too.
         common = dict(max_new_tokens=decoding.max_new_tokens, num_return_sequences=n,
                       pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_token_ids(),
                       bos_token_id=self.tokenizer.bos_token_id, num_beams=1,
-                      repetition_penalty=decoding.repetition_penalty)
+                      repetition_penalty=decoding.repetition_penalty, no_repeat_ngram_size=0)
         if decoding.do_sample:
+            # min_p 0.0 (not None) keeps a model's min_p out; the no-op warper it builds is dropped
+            # (_processor_hook).
             return GenerationConfig(do_sample=True, top_k=decoding.top_k, top_p=decoding.top_p,
-                                    temperature=decoding.temperature, min_p=decoding.min_p or None, **common)
+                                    temperature=decoding.temperature, min_p=decoding.min_p, typical_p=1.0,
+                                    epsilon_cutoff=0.0, eta_cutoff=0.0, **common)
         return GenerationConfig(do_sample=False, top_k=None, top_p=1.0, temperature=1.0, **common)
 
     @contextmanager
@@ -216,6 +237,8 @@ class HFBackend:
 
         def build(*args: Any, **kwargs: Any):
             processors = original(*args, **kwargs)
+            for p in [p for p in processors if is_noop_min_p(p)]:
+                processors.remove(p)
             self.last_processors = list(processors)
             check_processors(processors, decoding)
             if seeds is not None:
