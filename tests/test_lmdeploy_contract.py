@@ -74,6 +74,9 @@ def test_generation_configs_are_real_configs(lm, smollm2_model_dir):
     assert [(c.n, c.do_sample, c.top_k, c.top_p, c.temperature, c.max_new_tokens, c.stop_words) for c in sampled] == \
         [(1, True, 40, 1.0, 0.8, 64, None)] * 3
     assert [c.random_seed for c in sampled] == replica_seeds(7, 3)
+    assert [(c.min_p, c.repetition_penalty) for c in sampled] == [(0.0, 1.0)] * 3
+    (tuned,) = generation_configs(lm, Decoding(min_p=0.05, repetition_penalty=1.1), [1])
+    assert (tuned.min_p, tuned.repetition_penalty) == (0.05, 1.1)
     (greedy,) = generation_configs(lm, Decoding.greedy(32, stop=("<|im_end|>",)), [None])
     assert (greedy.do_sample, greedy.top_k, greedy.max_new_tokens, greedy.stop_words) == (False, 1, 32, ["<|im_end|>"])
     # LMDeploy turns the stop words into token ids with its own tokenizer (a real ChatML vocabulary here).

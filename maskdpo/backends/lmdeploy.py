@@ -100,14 +100,15 @@ def generation_configs(lmdeploy: Any, decoding: Decoding, seeds: list[int | None
     and ``generation_config.json``'s end-of-sequence ids).
     """
     extra: dict[str, Any] = {"stop_words": list(decoding.stop)} if decoding.stop else {}
+    extra["repetition_penalty"] = decoding.repetition_penalty  # applies to greedy decoding too
     if not decoding.do_sample:
-        return [lmdeploy.GenerationConfig(n=1, do_sample=False, top_k=1, top_p=1.0, temperature=1.0,
+        return [lmdeploy.GenerationConfig(n=1, do_sample=False, top_k=1, top_p=1.0, temperature=1.0, min_p=0.0,
                                           max_new_tokens=decoding.max_new_tokens, **extra) for _ in seeds]
     configs = []
     for seed in seeds:
         seeded = {"random_seed": seed} if seed is not None else {}
         configs.append(lmdeploy.GenerationConfig(n=1, do_sample=True, top_k=decoding.top_k, top_p=decoding.top_p,
-                                                 temperature=decoding.temperature,
+                                                 temperature=decoding.temperature, min_p=decoding.min_p,
                                                  max_new_tokens=decoding.max_new_tokens, **seeded, **extra))
     return configs
 
