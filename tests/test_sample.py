@@ -16,7 +16,9 @@ from maskdpo.backends.base import load_backend
 from maskdpo.backends.prompting import derive_seed
 from maskdpo.jsonl import RecordError
 from maskdpo.records import Sample
-from maskdpo.sample import SampleSettings, parse_shard, run_sampling, select_items, settings_path, shard_slice
+from maskdpo.backends.serve import start_server
+from maskdpo.sample import (SampleSettings, backend_options, parse_shard, run_sampling, select_items, settings_path,
+                            shard_slice)
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,6 +158,112 @@ def test_kill_and_resume_gives_exactly_the_uninterrupted_records(tmp_path, tiny_
     assert proc.returncode == -signal.SIGKILL
     done_before = cut.read_text().count("\n")
     assert 10 <= done_before < total, done_before
+
+    rerun = subprocess.run(tool + common + ["--out", str(cut)], env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"{done_before} already there" in rerun.stdout
+    assert cut.read_text() == whole
+
+
+# ---------------------------------------------------------------- the openai backend (a real server on 127.0.0.1)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_backend):
+    srv = start_server(tiny_backend, port=0, served_model_name="tiny")
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def openai_settings(tmp_path, server, out="s.jsonl", **kw):
+    kw.setdefault("n", 2)
+    kw.setdefault("max_new_tokens", 6)
+    return SampleSettings(questions=tmp_path / "q.jsonl", out=tmp_path / out, model="tiny", backend="openai",
+                          base_url=server.base_url, **kw)
+
+
+def test_each_question_is_written_as_soon_as_it_is_complete(tmp_path, server):
+    write_questions(tmp_path / "q.jsonl", 3)
+    out = tmp_path / "s.jsonl"
+    seen = []  # records in the output when each call reaches the server
+    server.on_request = lambda body: seen.append(out.read_text().count("\n") if out.exists() else 0)
+    try:
+        summary = run_sampling(openai_settings(tmp_path, server, concurrency=1, batch_size=16))
+    finally:
+        server.on_request = None
+    # One batch of 16 questions would write nothing before the last call; per question, q0's two
+    # samples are on disk before q1's first call, and so on.
+    assert seen == [0, 0, 2, 2, 4, 4] and summary.written == 6
+    records = lines(out)
+    assert [(r["question_id"], r["sample_index"]) for r in records] == [(f"q{i}", j) for i in range(3) for j in range(2)]
+    for r in records:
+        assert r["generation"]["server"]["sent"]["seed"] == r["generation"]["seed"]
+        assert r["finish_reason"] == "length" and r["backend"] == "openai"
+
+
+def test_summary_reports_retries_and_truncation(tmp_path, server):
+    write_questions(tmp_path / "q.jsonl", 2)
+    server.fail_left, server.fail_status = 2, 503
+    try:
+        summary = run_sampling(openai_settings(tmp_path, server, concurrency=1, max_retries=3))
+    finally:
+        server.fail_left = 0
+    assert summary.written == 4 and summary.truncated == 4
+    assert "4 TRUNCATED" in summary.line() and "retried calls: 2 (HTTP 503 ×2)" in summary.line()
+
+
+def test_openai_knobs_reach_the_backend_from_the_cli(tmp_path):
+    from maskdpo.commands.sample import sample
+
+    help_text = CliRunner().invoke(sample, ["--help"]).output
+    for option in ("--server-profile", "--server-n", "--tokenizer", "--max-retries", "--timeout",
+                   "--allow-model-mismatch"):
+        assert option in help_text
+    settings = SampleSettings(questions=tmp_path / "q", out=tmp_path / "o", model="m", backend="openai",
+                              server_profile="openai", server_n=True, tokenizer="tok", max_retries=1, timeout=9.0,
+                              allow_model_mismatch=True)
+    options = backend_options("openai", settings)
+    assert {k: options[k] for k in ("server_profile", "server_n", "tokenizer", "max_retries", "timeout",
+                                    "allow_model_mismatch")} == {
+        "server_profile": "openai", "server_n": True, "tokenizer": "tok", "max_retries": 1, "timeout": 9.0,
+        "allow_model_mismatch": True}
+    bad = CliRunner().invoke(sample, ["--questions", "q", "--out", "o", "--model", "m", "--server-profile", "vllm"])
+    assert bad.exit_code != 0 and "vllm" in bad.output and "Traceback" not in bad.output
+
+
+def test_server_n_records_no_per_response_seed(tmp_path, server):
+    write_questions(tmp_path / "q.jsonl", 1)
+    run_sampling(openai_settings(tmp_path, server, server_n=True))
+    for r in lines(tmp_path / "s.jsonl"):  # both responses come from one call seeded with the question's seed
+        assert r["generation"]["seed"] is None
+        assert r["generation"]["server"]["sent"]["seed"] == r["generation"]["question_seed"]
+
+
+def test_kill_and_resume_through_a_server_gives_exactly_the_uninterrupted_records(tmp_path, server):
+    write_questions(tmp_path / "q.jsonl", 30)
+    run_sampling(openai_settings(tmp_path, server, out="whole.jsonl", n=3, max_new_tokens=12))
+    whole = (tmp_path / "whole.jsonl").read_text()
+    assert len(whole.splitlines()) == 90
+
+    common = ["--questions", str(tmp_path / "q.jsonl"), "--model", "tiny", "--backend", "openai", "--base-url",
+              server.base_url, "--n", "3", "--max-new-tokens", "12", "--concurrency", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    tool = [sys.executable, str(ROOT / "tools" / "sample.py")]
+    cut = tmp_path / "cut.jsonl"
+    proc = subprocess.Popen(tool + common + ["--out", str(cut)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:  # kill once some, but not all, records are written
+            if cut.exists() and cut.read_text().count("\n") >= 10:
+                break
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    done_before = cut.read_text().count("\n")
+    assert 10 <= done_before < 90, done_before
 
     rerun = subprocess.run(tool + common + ["--out", str(cut)], env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
