@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--prompts", default="maskdpo",
+                        help="judge prompts (as `maskdpo annotate --prompts`; official needs the protocol cache)")
     parser.add_argument("--batch-size", type=int, default=16,
                         help="rows per transformers generate call inside the one backend call per turn "
                              "(on CPU, bigger batches become compute- and copy-bound)")
@@ -83,10 +85,11 @@ def main() -> None:
     # One backend for both runs.
     backend = load_backend("hf", model, device="cpu", batch_size=args.batch_size)
     # Warm-up (first-call allocations), then both orders on the same warm model.
-    AnahV2Annotator(backend=backend, max_new_tokens=2).annotate(samples[:1], questions)
+    AnahV2Annotator(backend=backend, max_new_tokens=2, prompts=args.prompts).annotate(samples[:1], questions)
     results = {}
     for mode, batching in (("turn-batched", True), ("sentence by sentence", False)):
-        annotator = AnahV2Annotator(backend=backend, max_new_tokens=args.max_new_tokens, turn_batching=batching)
+        annotator = AnahV2Annotator(backend=backend, max_new_tokens=args.max_new_tokens, turn_batching=batching,
+                                    prompts=args.prompts)
         t0 = time.perf_counter()
         annotations = annotator.annotate(samples, questions)
         seconds = time.perf_counter() - t0
