@@ -374,6 +374,24 @@ def test_eval_score_out_that_is_a_file_is_refused(tmp_path):
     assert out.read_text() == "keep me\n"
 
 
+def test_eval_run_checks_its_output_and_models_before_loading(tmp_path):
+    blocker = write_lines(tmp_path / "blocker", ["a file"])
+    base = ["eval", "run", "--metric", "anah", "--anah-questions", DATA / "questions.jsonl"]
+    assert_refused(invoke(base + ["--model", f"m={tmp_path}", "--out", blocker / "eval"]), "is a file, not a folder")
+    assert_refused(invoke(base + ["--model", f"m={tmp_path / 'no-such-model'}", "--out", tmp_path / "eval"]),
+                   "no-such-model", "no such model folder")
+    assert not (tmp_path / "eval").exists()
+
+
+def test_reference_cache_lines_are_the_files(tmp_path):
+    from maskdpo.xtuner.ref_cache import FORMAT, RefCache
+
+    path = write_lines(tmp_path / "ref.jsonl", [json.dumps({"format": FORMAT, "fingerprint": {}}), "",
+                                                json.dumps({"pair_id": "a"})])
+    with pytest.raises(RecordError, match=r"ref\.jsonl:3: field 'digest': missing"):
+        RefCache.load(path)
+
+
 def test_sample_with_a_missing_model_leaves_no_output(tmp_path):
     out = tmp_path / "s.jsonl"
     assert_refused(invoke(["sample", "--questions", DATA / "questions.jsonl", "--out", out, "--model",

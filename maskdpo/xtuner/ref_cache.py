@@ -84,11 +84,13 @@ class RefCache:
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such reference cache (make one with `maskdpo ref-cache`)")
         fingerprint, entries = None, {}
-        for lineno, obj in enumerate(iter_jsonl(path), start=1):
-            if lineno == 1:
+        for lineno, obj in iter_jsonl(path, with_lines=True):  # line numbers of the file (blank lines count)
+            if fingerprint is None:
                 if obj.get("format") != FORMAT:
-                    raise RecordError(path, 1, "format", f"expected {FORMAT!r}, got {obj.get('format')!r}")
+                    raise RecordError(path, lineno, "format", f"expected {FORMAT!r}, got {obj.get('format')!r}")
                 fingerprint = obj.get("fingerprint")
+                if not isinstance(fingerprint, dict):
+                    raise RecordError(path, lineno, "fingerprint", "missing")
                 continue
             try:
                 entry = {k: obj[k] for k in ("digest", "chosen", "rejected", "chosen_tokens", "rejected_tokens")}
