@@ -155,6 +155,7 @@ def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
 
 
 def _split_maskdpo(text: str, language: str) -> list[tuple[int, int]]:
+    """The project's earlier rules (module docstring)."""
     spans = []
     for a, b in _segments(text, language):
         s, e = _strip_span(text, a, b)
@@ -209,7 +210,7 @@ def _rewrite(text: str, rules: list[re.Pattern]) -> tuple[str, list[int]]:
         drop: set[int] = set()
         for m in matches:
             for name, value in m.groupdict().items():
-                if value is None or not value:
+                if not value:
                     continue
                 start, end = m.span(name)
                 if name == "mark":
@@ -225,6 +226,7 @@ def _rewrite(text: str, rules: list[re.Pattern]) -> tuple[str, list[int]]:
 
 
 def _split_anah_v2(text: str, language: str) -> list[tuple[int, int]]:
+    """Rewrite as the official splitter does, cut the rewritten text, and map each sentence back to ``text``."""
     rewritten, origin = _rewrite(text, _ANAH_V2_ZH_RULES if language == "zh" else _ANAH_V2_EN_RULES)
     cuts = []  # a sentence ends just before each cut (in rewritten coordinates)
     n = len(rewritten)
@@ -252,6 +254,7 @@ _SPLITTERS = {"anah-v2": _split_anah_v2, "maskdpo": _split_maskdpo}
 
 
 def check_splitter_rules(rules: str) -> str:
+    """``rules`` if it names a rule set of :data:`SPLITTER_RULES`, else a ValueError listing them."""
     if rules not in SPLITTER_RULES:
         raise ValueError(f"splitter rules must be one of {', '.join(SPLITTER_RULES)}, got {rules!r}")
     return rules
