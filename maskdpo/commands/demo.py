@@ -6,10 +6,12 @@ import click
 
 from ..settings import click_options, settings_from_options
 from ..toyworld.demo import DemoSettings
+from . import reports_errors
 
 
 @click.command("demo")
 @click_options(DemoSettings)
+@reports_errors
 def demo(**options) -> None:
     """Run the whole Mask-DPO pipeline on a generated knowledge world, on the CPU.
 

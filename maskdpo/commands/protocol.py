@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from . import reports_errors
+
 _CONTEXT = {"max_content_width": 100}
 
 
@@ -25,6 +27,7 @@ def protocol_command() -> None:
 @protocol_command.command("fetch", context_settings=_CONTEXT)
 @click.option("--base-url", default=None, help="Download from this mirror of raw.githubusercontent.com "
                                                "(default: $MASKDPO_PROTOCOL_BASE_URL or GitHub).")
+@reports_errors
 def fetch_command(base_url: str | None) -> None:
     """Download the pinned files that are not cached yet and check their sha256."""
     from .. import protocol
@@ -39,6 +42,7 @@ def fetch_command(base_url: str | None) -> None:
 
 @protocol_command.command("add", context_settings=_CONTEXT)
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@reports_errors
 def add_command(files: tuple[Path, ...]) -> None:
     """Add local copies of the pinned files (e.g. from clones at the pinned commits); hashes are checked."""
     from .. import protocol
@@ -52,6 +56,7 @@ def add_command(files: tuple[Path, ...]) -> None:
 
 
 @protocol_command.command("list", context_settings=_CONTEXT)
+@reports_errors
 def list_command() -> None:
     """Show the pinned files and whether each is cached (and any unknown file in the cache)."""
     from .. import protocol

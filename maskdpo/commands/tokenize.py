@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..masking import MASK_MODES
+from . import reports_errors
 
 
 def describe(store, masks: list[str], drop_truncated: bool = False, files: list[str] | None = None) -> list[str]:
@@ -48,6 +49,7 @@ def describe(store, masks: list[str], drop_truncated: bool = False, files: list[
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Root of the tokenized caches (default: $MASKDPO_TOKENIZED_CACHE or ~/.cache/maskdpo/tokenized; "
                    "with --config, the config's cache_dir when it sets one). Use a folder every node can read.")
+@reports_errors
 def tokenize(config, cfg_options, pairs, tokenizer, max_length, masks, num_proc, cache_dir) -> None:
     """Tokenize training pairs ahead of training (e.g. on a CPU node) into Arrow files keyed by the
     pairs' content, the tokenizer, its chat template and max_length. Training with the same settings
