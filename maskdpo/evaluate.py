@@ -198,10 +198,11 @@ class EndToEndSettings(ScoreSettings):
     annotator_base_url: Optional[str] = knob(None, "openai backend for the ANAH-v2 judge: server URL.")
     annotator_prompts: str = knob("official", "ANAH-v2 judge prompts: official (the official protocol, from the "
                                               "protocol cache), FILE.py, maskdpo (ours) or FILE.json; see `maskdpo annotate`.")
-    annotator_splitter: str = knob("anah-v2", "Sentence rules for the ANAH score: anah-v2 (the official splitter's "
-                                              "boundaries) or maskdpo (ours).")
-    annotator_unparseable: Optional[str] = knob(None, "Label for a judge answer the protocol cannot read (default: ok "
-                                                      "under the official protocol, unverifiable under ours) or error.")
+    annotator_splitter: Literal["anah-v2", "maskdpo"] = knob(
+        "anah-v2", "Sentence rules for the ANAH score: anah-v2 (the official splitter's boundaries) or maskdpo (ours).")
+    annotator_unparseable: Optional[Literal["ok", "nofact", "contradictory", "unverifiable", "error"]] = knob(
+        None, "Label for a judge answer the protocol cannot read (default: ok under the official protocol, "
+              "unverifiable under ours) or error.")
 
 
 def _annotate_settings(settings: EndToEndSettings, samples: Path, questions: Path, out: Path):
