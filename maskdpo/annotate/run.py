@@ -46,11 +46,12 @@ class AnnotateSettings:
                                     "prompt file; maskdpo = our packaged templates for general-purpose judges; "
                                     "FILE.json = templates of your own (format: docs/sampling.md).")
     allow_unpinned_prompts: bool = knob(False, "anah-v2: accept a --prompts FILE.py whose sha256 is not the pinned one.")
-    unparseable: Optional[str] = knob(None, "anah-v2: label for a judge answer the protocol cannot read (ok, nofact, "
-                                            "contradictory, unverifiable) or `error` to stop. Default: ok under the "
-                                            "official protocol (the official score's effect), unverifiable under ours.")
-    splitter: str = knob("anah-v2", "Sentence rules: anah-v2 (the official ANAH-v2 splitter's boundaries) or "
-                                    "maskdpo (ours; see docs/sampling.md).")
+    unparseable: Optional[Literal["ok", "nofact", "contradictory", "unverifiable", "error"]] = knob(
+        None, "anah-v2: label for a judge answer the protocol cannot read, or `error` to stop. Default: ok under "
+              "the official protocol (the official score's effect), unverifiable under ours.")
+    splitter: Literal["anah-v2", "maskdpo"] = knob("anah-v2", "Sentence rules: anah-v2 (the official ANAH-v2 "
+                                                              "splitter's boundaries) or maskdpo (ours; see "
+                                                              "docs/sampling.md).")
     max_new_tokens: int = knob(512, "anah-v2: maximum tokens of each judge answer.")
     annotator_options: Optional[str] = knob(None, "JSON object of extra options for the annotator's constructor.")
     batch_size: int = knob(64, "Samples per annotation batch (each judge turn is one backend call per batch).")
