@@ -50,6 +50,10 @@ class ScoreSettings:
     retriever: Literal["bm25", "embedding", "bm25+embedding"] = knob("bm25", "FactScore passage retriever.")
     embedding_model: Optional[str] = knob(None, "Encoder model path for the embedding retriever.")
     device: str = knob("auto", "hf backend (judge, and with `eval run` the evaluated models): auto, cpu or cuda.")
+    server_profile: Literal["auto", "extended", "openai"] = knob(
+        "auto", "Every openai backend here: which sampling fields the server is sent (see `maskdpo sample --help`).")
+    max_retries: int = knob(5, "Every openai backend here: retries of a failed call (HTTP 500 at most twice).")
+    timeout: float = knob(600.0, "Every openai backend here: seconds per call.")
 
 
 def parse_spec(spec: str) -> tuple[str, list[Path]]:
@@ -89,13 +93,18 @@ def _first_format(path: Path) -> str | None:
     return None
 
 
+def _openai_options(settings: ScoreSettings) -> dict:
+    return {"server_profile": settings.server_profile, "max_retries": settings.max_retries,
+            "timeout": settings.timeout}
+
+
 def make_judge(settings: ScoreSettings, backend: ChatBackend | None = None) -> CachedJudge:
     if backend is None:
         if not settings.judge_model:
             raise ValueError("--judge-model is required for FactScore")
         options: dict[str, Any] = {}
         if settings.judge_backend == "openai":
-            options = {"base_url": settings.judge_base_url}
+            options = {"base_url": settings.judge_base_url, **_openai_options(settings)}
         elif settings.judge_backend == "hf":
             options = {"device": settings.device, "batch_size": settings.judge_batch_size}
         backend = load_backend(settings.judge_backend, settings.judge_model, **options)
@@ -212,7 +221,8 @@ def _annotate_settings(settings: EndToEndSettings, samples: Path, questions: Pat
                             backend=settings.annotator_backend, model=settings.annotator_model,
                             batch_size=settings.batch_size, device=settings.device,
                             base_url=settings.annotator_base_url, prompts=settings.annotator_prompts,
-                            splitter=settings.annotator_splitter, unparseable=settings.annotator_unparseable)
+                            splitter=settings.annotator_splitter, unparseable=settings.annotator_unparseable,
+                            **_openai_options(settings))
 
 
 def _sample_settings(settings: EndToEndSettings, questions: Path, out: Path, model: str):
@@ -221,7 +231,8 @@ def _sample_settings(settings: EndToEndSettings, questions: Path, out: Path, mod
     return SampleSettings(questions=questions, out=out, model=model, backend=settings.backend, n=settings.runs,
                           top_k=settings.top_k, temperature=settings.temperature,
                           max_new_tokens=settings.max_new_tokens, greedy=settings.greedy, seed=settings.seed,
-                          batch_size=settings.batch_size, device=settings.device, base_url=settings.base_url)
+                          batch_size=settings.batch_size, device=settings.device, base_url=settings.base_url,
+                          **_openai_options(settings))
 
 
 def _runs_by_index(records: list, runs: int) -> list[list]:

@@ -1,0 +1,24 @@
+"""The openai backend's knobs reach it from every stage that can use it (eval's judge and end-to-end steps)."""
+
+from pathlib import Path
+
+from maskdpo.evaluate import EndToEndSettings, ScoreSettings, _annotate_settings, _sample_settings, make_judge
+from maskdpo.sample import backend_options
+
+
+def test_eval_judge_gets_the_server_profile_retries_and_timeout(tmp_path):
+    settings = ScoreSettings(out=tmp_path, judge_backend="openai", judge_model="judge",
+                             judge_base_url="http://127.0.0.1:9/v1", server_profile="openai", max_retries=1,
+                             timeout=7.0)
+    backend = make_judge(settings).backend
+    assert backend.requested_profile == "openai" and backend.max_retries == 1
+    assert backend.client.timeout.read == 7.0
+
+
+def test_end_to_end_steps_pass_the_knobs_to_sampling_and_annotation(tmp_path):
+    settings = EndToEndSettings(out=tmp_path, backend="openai", annotator_backend="openai", server_profile="extended",
+                                max_retries=2, timeout=5.0)
+    for stage in (_sample_settings(settings, Path("q"), Path("o"), "m"),
+                  _annotate_settings(settings, Path("s"), Path("q"), Path("o"))):
+        options = backend_options("openai", stage)
+        assert (options["server_profile"], options["max_retries"], options["timeout"]) == ("extended", 2, 5.0)
