@@ -19,7 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from maskdpo import protocol
-from maskdpo.annotate.anah_v2 import AnahV2Annotator, UnparseableAnswer, official_sentence_text, parse_official
+from maskdpo.annotate.anah_v2 import (AnahV2Annotator, PromptFileError, UnparseableAnswer, official_sentence_text,
+                                      parse_official)
 from maskdpo.annotate.run import AnnotateSettings, run_annotation
 from maskdpo.backends.base import Decoding
 from maskdpo.records import Annotation, Question, Sample
@@ -425,3 +426,23 @@ def test_the_judge_sees_the_official_sentence_text_and_the_record_keeps_the_span
     lines = {line: ["<No Facts>"] for line in response.split("\n")}
     ours = AnahV2Annotator(backend=ScriptedAnahJudgeDouble(lines), splitter="maskdpo")
     assert len(ours.annotate([sample], questions())[0].sentences) == 2  # our rules: the list item is a sentence
+
+
+def test_an_unknown_prompts_value_is_a_clear_error(cache, tmp_path):
+    with pytest.raises(PromptFileError, match=r"--prompts 'prompts\.txt': expected official, maskdpo, .*FILE\.py"):
+        AnahV2Annotator(backend=ScriptedAnahJudgeDouble(SCRIPT), prompts="prompts.txt")
+
+
+def test_the_report_says_which_measurement_each_annotator_made(cache):
+    from maskdpo.metrics.anah import anah_runs
+    from maskdpo.report import ModelResult, build_report, table1_markdown
+
+    official = AnahV2Annotator(backend=ScriptedAnahJudgeDouble(SCRIPT)).annotate(samples(), questions())
+    ours = AnahV2Annotator(backend=ScriptedAnahJudgeDouble(SCRIPT), splitter="maskdpo",
+                           prompts="maskdpo").annotator_id
+    relabelled = [Annotation.from_dict({**a.to_dict(), "annotator": ours}) for a in official]
+    md = table1_markdown(build_report([ModelResult("a", anah=anah_runs([official])),
+                                       ModelResult("b", anah=anah_runs([relabelled]))]))
+    assert f"- a: ANAH annotations by `{official[0].annotator}` — the official ANAH-v2 measurement" in md
+    assert f"- b: ANAH annotations by `{ours}` — not the official ANAH-v2 measurement (protocol maskdpo, " \
+           "splitter maskdpo, prompts maskdpo)" in md
