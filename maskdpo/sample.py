@@ -51,7 +51,8 @@ class SampleSettings:
     system_prompt: Optional[str] = knob(None, "Optional system message put before each question.")
     limit: Optional[int] = knob(None, "Use only the first LIMIT questions (for trials).")
     shard: str = knob("0/1", "K/N: take the K-th (0-based) of N contiguous blocks of the questions.")
-    batch_size: int = knob(16, "Questions per backend call (and per write).")
+    batch_size: int = knob(16, "hf, lmdeploy: questions per backend call (and per write). The openai backend "
+                               "streams: each question is written as soon as it is complete.")
     device: str = knob("auto", "hf backend: auto, cpu or cuda.")
     tp: int = knob(1, "lmdeploy backend: GPUs for tensor parallelism.")
     engine: str = knob("turbomind", "lmdeploy backend: turbomind or pytorch.")
