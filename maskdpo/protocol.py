@@ -347,7 +347,8 @@ def parse_prompt_functions(source: str, origin: str = "<prompts>") -> PromptFunc
                 raise ProtocolError(f"{_where(origin, stmt)}: {name}: unexpected statement `{ast.unparse(stmt)[:80]}` "
                                     "(expected template assignments and one return)")
         if len(returns) != 1:
-            raise ProtocolError(f"{_where(origin, fn)}: {name}: expected exactly one return statement, got {len(returns)}")
+            raise ProtocolError(f"{_where(origin, fn)}: {name}: expected exactly one return statement, "
+                                f"got {len(returns)}")
         text_params = tuple(p for p in params if p != "language")
         for language, var in zip(("zh", "en"), _language_choice(returns[0], origin, name)):
             if var not in assigned:

@@ -37,7 +37,8 @@ def fetch_command(base_url: str | None) -> None:
     except protocol.ProtocolError as exc:
         raise click.ClickException(str(exc)) from None
     for pin, path, downloaded in rows:
-        click.echo(f"{'downloaded' if downloaded else 'cached    '} {pin.kind:<13} {pin.label}  sha256 {pin.sha256}  {path}")
+        state = "downloaded" if downloaded else "cached    "
+        click.echo(f"{state} {pin.kind:<13} {pin.label}  sha256 {pin.sha256}  {path}")
 
 
 @protocol_command.command("add", context_settings=_CONTEXT)
