@@ -242,6 +242,15 @@ def test_extended_profile_chosen_explicitly_does_not_switch(strict_server):
     assert backend.profile == "extended"
 
 
+def test_only_an_unknown_field_message_switches_profiles():
+    from maskdpo.backends.openai import names_extended_field
+
+    assert names_extended_field("Unrecognized request argument supplied: top_k")
+    assert names_extended_field("min_p: Extra inputs are not permitted")
+    assert not names_extended_field("top_k must be -1 (disable), or at least 1, got 0.")
+    assert not names_extended_field("Unrecognized request argument supplied: foo")
+
+
 def test_sampling_fields_per_profile():
     sent, not_sent = sampling_fields(Decoding(), "extended")
     assert sent["top_k"] == 40 and sent["min_p"] == 0.0 and not not_sent

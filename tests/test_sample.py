@@ -269,3 +269,49 @@ def test_kill_and_resume_through_a_server_gives_exactly_the_uninterrupted_record
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"{done_before} already there" in rerun.stdout
     assert cut.read_text() == whole
+
+
+def test_ctrl_c_stops_sampling_at_once_and_the_rerun_resumes(tmp_path, server):
+    """SIGINT while every call hangs on the server: the command ends without waiting for them."""
+    import threading
+
+    write_questions(tmp_path / "q.jsonl", 3)
+    release, arrived = threading.Event(), threading.Event()
+
+    def hang(body):
+        arrived.set()
+        release.wait(120)
+
+    server.on_request = hang
+    out = tmp_path / "s.jsonl"
+    cmd = [sys.executable, str(ROOT / "tools" / "sample.py"), "--questions", str(tmp_path / "q.jsonl"), "--model",
+           "tiny", "--backend", "openai", "--base-url", server.base_url, "--n", "2", "--max-new-tokens", "4",
+           "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert arrived.wait(120), "no call reached the server"
+        start = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+        assert time.perf_counter() - start < 10 and proc.returncode != 0
+    finally:
+        release.set()
+        server.on_request = None
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert [(r["question_id"], r["sample_index"]) for r in lines(out)] == [(f"q{i}", j) for i in range(3) for j in range(2)]
+
+
+def test_a_server_serving_another_model_stops_the_command_cleanly(tmp_path, server):
+    from maskdpo.commands.sample import sample
+
+    write_questions(tmp_path / "q.jsonl", 1)
+    result = CliRunner().invoke(sample, ["--questions", str(tmp_path / "q.jsonl"), "--out", str(tmp_path / "s.jsonl"),
+                                         "--model", "llama-70b", "--backend", "openai", "--base-url", server.base_url])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "serves 'tiny', not the requested model 'llama-70b'" in result.output
+    assert not (tmp_path / "s.jsonl").exists() or not (tmp_path / "s.jsonl").read_text()

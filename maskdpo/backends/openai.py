@@ -109,10 +109,17 @@ def request_body(model: str, messages: list[dict], decoding: Decoding, n: int, s
     return body
 
 
+# How servers say a field is unknown: OpenAI "Unrecognized request argument supplied: top_k",
+# pydantic "Extra inputs are not permitted", others "unknown field" / "unexpected keyword".
+UNKNOWN_FIELD_WORDS = ("unrecognized", "unrecognised", "unknown", "not permitted", "not allowed", "unexpected",
+                       "unsupported", "extra")
+
+
 def names_extended_field(message: str) -> bool:
-    """Does a 400/422 message refuse one of the extended profile's fields (OpenAI: "Unrecognized
-    request argument supplied: top_k")?"""
-    return any(name in message for name in EXTENDED_FIELDS)
+    """Does a 400/422 message refuse one of the extended profile's fields as unknown? (A message about a
+    value, such as "top_k must be -1 or at least 1, got 0", is not a reason to switch profiles.)"""
+    lowered = message.lower()
+    return any(name in message for name in EXTENDED_FIELDS) and any(w in lowered for w in UNKNOWN_FIELD_WORDS)
 
 
 def same_model(requested: str, served: str) -> bool:
