@@ -25,9 +25,10 @@ from typing import Any, Iterator, Literal, Optional
 
 from .backends.base import ChatBackend, Decoding, GenerationRequest, finish_reason_of, load_backend
 from .backends.prompting import derive_seed
-from .jsonl import JsonlAppender, RecordError, load_jsonl
+from .jsonl import JsonlAppender, ReadStats
 from .records import Question, Sample
-from .settings import knob, settings_dict, write_settings
+from .settings import check_resumable as check_settings_resumable, knob, settings_dict, write_settings
+from .validate import check_output_file, read_questions
 
 # Settings that change what a sample is; resuming into a file made with others is an error.
 IDENTITY_FIELDS = ("questions", "model", "backend", "n", "top_k", "top_p", "temperature", "max_new_tokens", "seed",
@@ -74,6 +75,8 @@ class SampleSettings:
     timeout: float = knob(600.0, "openai backend: seconds per call.")
     allow_model_mismatch: bool = knob(False, "openai backend: only warn (and count) when the server serves another "
                                              "model than --model, instead of stopping.")
+    skip_invalid: bool = knob(False, "Skip and count malformed question lines instead of stopping.")
+    allow_empty: bool = knob(False, "Accept a questions file with no question (otherwise an error).")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -106,19 +109,16 @@ def settings_path(out: Path) -> Path:
     return out.with_name(out.name + ".settings.json")
 
 
-def check_resumable(path: Path, current: dict, fields: tuple[str, ...]) -> None:
-    """Refuse to append to an output made with different sample-defining settings."""
-    if not path.exists():
-        return
-    try:
-        previous = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return
-    changed = [f for f in fields if f in previous and str(previous[f]) != str(current.get(f))]
-    if changed:
-        detail = ", ".join(f"{f}: {previous[f]!r} → {current.get(f)!r}" for f in changed)
-        raise ValueError(f"{path}: the existing output was made with other settings ({detail}); "
-                         "use a new --out or the same settings to resume")
+def check_resumable(path: Path, current: dict, fields: tuple[str, ...], output: Path | None = None) -> None:
+    """Refuse to append to an output made with different sample-defining settings.
+
+    ``path`` is the settings file next to ``output`` (:func:`settings_path`);
+    see :func:`maskdpo.settings.check_resumable`.
+    """
+    path = Path(path)
+    if output is None:
+        output = path.with_name(path.name[: -len(".settings.json")])
+    check_settings_resumable(path, current, fields, output)
 
 
 def validate(settings: SampleSettings) -> None:
@@ -164,15 +164,18 @@ def backend_options(backend: str, settings: Any) -> dict:
     return {}
 
 
-def load_questions(path: Path) -> list[Question]:
-    """Questions in file order; a repeated id is an error naming both lines."""
-    questions, _ = load_jsonl(path, Question.from_dict)
-    seen: dict[str, int] = {}
-    for line, q in enumerate(questions, start=1):
-        if q.id in seen:
-            raise RecordError(path, line, "id", f"question id {q.id!r} repeats record {seen[q.id]}")
-        seen[q.id] = line
-    return questions
+def load_questions(path: Path, *, skip_invalid: bool = False, allow_empty: bool = False,
+                   stats: ReadStats | None = None) -> list[Question]:
+    """Questions in file order; a repeated id is an error naming both lines, an empty file an error
+    unless ``allow_empty``."""
+    return [q for _, q in read_questions(path, skip_invalid=skip_invalid, allow_empty=allow_empty, stats=stats)]
+
+
+def check_model_path(backend: str, model: str) -> None:
+    """A local model path that does not exist fails before anything else (hub names pass)."""
+    if backend in ("hf", "lmdeploy") and model.startswith(("/", "./", "../", "~")) \
+            and not Path(model).expanduser().exists():
+        raise FileNotFoundError(f"--model {model}: no such model folder")
 
 
 def prompt_messages(question: Question, system_prompt: str | None) -> list[dict]:
@@ -231,15 +234,26 @@ def settings_n(requests: list[GenerationRequest], index: int) -> int | None:
     return requests[index].n if index < len(requests) else None
 
 
-def run_sampling(settings: SampleSettings, backend: ChatBackend | None = None) -> SampleSummary:
-    """Sample ``settings.n`` responses for each selected question, appending to ``settings.out``."""
+def run_sampling(settings: SampleSettings, backend: ChatBackend | None = None,
+                 read_stats: ReadStats | None = None) -> SampleSummary:
+    """Sample ``settings.n`` responses for each selected question, appending to ``settings.out``.
+
+    Inputs, the output location and the resume guard are checked before a
+    model loads; ``read_stats`` receives what the questions read saw.
+    """
     from tqdm import tqdm
 
     validate(settings)
     out = Path(settings.out)
-    questions = select_items(load_questions(Path(settings.questions)), settings.limit, settings.shard)
+    check_output_file(out)
+    check_output_file(settings_path(out), "settings file")
+    if backend is None:
+        check_model_path(settings.backend, settings.model)
+    questions = select_items(load_questions(Path(settings.questions), skip_invalid=settings.skip_invalid,
+                                            allow_empty=settings.allow_empty, stats=read_stats),
+                             settings.limit, settings.shard)
     recorded = dataclasses.replace(settings, api_key=None)  # never write a key to disk
-    check_resumable(settings_path(out), settings_dict(recorded), IDENTITY_FIELDS)
+    check_resumable(settings_path(out), settings_dict(recorded), IDENTITY_FIELDS, out)
     decoding = decoding_of(settings)
 
     with JsonlAppender(out, key=lambda d: (str(d["question_id"]), int(d["sample_index"]))) as writer:
