@@ -1,4 +1,5 @@
 import copy
+import functools
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -27,7 +28,9 @@ LLAMA31_STYLE_TEMPLATE = (
 )
 
 
+@functools.lru_cache(maxsize=None)
 def load_llama3_tokenizer():
+    """Llama-3's tokenizer with the template above, loaded once (tests must not change it: deep-copy first)."""
     from transformers import AutoTokenizer
 
     folder = models.llama3_tokenizer_dir()
