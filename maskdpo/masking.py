@@ -49,7 +49,9 @@ an unmasked pair.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Iterable, Sequence
 
 from .labels import CORRECT, HALLUCINATED
@@ -358,7 +360,8 @@ def _encode_batch(tokenizer: Any, pairs: list[Pair], max_length: int | None, mas
     for ids, offsets, (rendered, ends, keep) in zip(enc["input_ids"], enc["offset_mapping"], plans):
         labels, prompt_tokens = token_labels(ids, offsets, rendered.start, rendered.end, ends, keep,
                                              rendered.text)
-        content_tokens = sum(1 for start, _ in offsets if start < rendered.end)  # tokens before the suffix
+        # Tokens starting before the template's suffix (offsets are monotone: token_labels checked).
+        content_tokens = bisect_left(offsets, rendered.end, key=itemgetter(0))
         sequences.append(_truncate(list(ids), labels, prompt_tokens, max_length, content_tokens))
     return [MaskedPair(pair.id, sequences[2 * i], sequences[2 * i + 1]) for i, pair in enumerate(pairs)]
 
