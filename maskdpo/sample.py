@@ -17,7 +17,6 @@ N outputs concatenated in order equal the unsharded output.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
