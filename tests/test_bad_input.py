@@ -328,6 +328,7 @@ def test_token_level_signal_check_catches_what_sentences_miss(tmp_path, smollm2_
                    "no chosen response token is kept", "end-of-turn")
 
 
+@pytest.mark.training  # ref-cache imports xtuner
 def test_ref_cache_names_a_bad_pair_file_line_before_the_model_loads(tmp_path, tiny_llama_dir):
     lines = data_lines("pairs.jsonl")
     cases = {"invalid_json": (lines[:1] + ["{oops"] + lines[1:], 2, "invalid JSON"),
