@@ -233,7 +233,8 @@ class OpenAIBackend:
             self.models_note = f"could not list the server's models at {url} ({problem}); checking each response"
             log.warning("%s", self.models_note)
         elif ids and not any(same_model(self.model, str(i)) for i in ids):
-            self._mismatch(", ".join(map(str, ids)), url, count=False)
+            listed = ", ".join(map(str, ids[:10])) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+            self._mismatch(listed, url, count=False)
 
     # ------------------------------------------------------------------ calls
 
