@@ -10,7 +10,7 @@ from maskdpo.jsonl import RecordError
 from maskdpo.masking import MASK_MODES
 from maskdpo.xtuner import dataset as ds_module
 from maskdpo.xtuner.dataset import (
-    NO_SIGNAL,
+    UNUSABLE,
     BuildReport,
     PackedPairDataset,
     TokenizedPairs,
@@ -44,14 +44,14 @@ def tiny_tokenizer(tiny_llama_dir):
 
 
 def many_facts(n):
-    """``n`` distinct pairs of 2-4 sentences with varied labels (some long enough to truncate)."""
+    """``n`` distinct pairs of 3-4 sentences with varied labels (some long enough to truncate)."""
     out = []
     for k in range(n):
         question, cs, ct, rs, rt = FACTS[k % len(FACTS)]
         extra = [f"Record {k} was checked in {1900 + k % 97}.", f"It has {k % 7} more notes."][: 1 + k % 2]
         kinds = ["no_hallucination", "hallucination"]
-        out.append((f"{question} (case {k})", cs + extra, ct + [kinds[(k // 2) % 2]] * len(extra),
-                    rs + extra, rt + [kinds[(k // 3) % 2]] * len(extra)))
+        out.append((f"{question} (case {k})", cs + extra, ct + ["no_hallucination"] * len(extra),
+                    rs + extra, rt + [kinds[(k // 3) % 2]] * len(extra)))  # never inverted
     return out
 
 
@@ -105,7 +105,7 @@ def test_same_items_and_counts_as_the_in_memory_builder_in_every_mask_mode(tmp_p
     assert kept_all.truncated > 20 and kept_all.kept > 200
     assert kept_all.rejected["invalid record"] == 1 + (not authors_format)
     assert kept_all.rejected["invalid pair"] == int(authors_format)
-    assert reports[False, "none"].rejected.get(NO_SIGNAL, 0) == 0  # vanilla DPO keeps every response token
+    assert kept_all.rejected[UNUSABLE] >= 1 and "no chosen sentence is kept" in kept_all.examples[UNUSABLE]
     assert dropped.rejected[f"longer than max_length {max_length}"] >= kept_all.truncated
     built = sorted(p.name for p in next(iter(folders)).iterdir())
     assert built == ["labels-chosen", "labels-none", "labels-rejected", "manifest.json", "pairs"]
@@ -176,6 +176,10 @@ def test_errors_name_file_line_and_field_from_the_cache_too(tmp_path, tiny_token
     monkeypatch.setenv("MASKDPO_TOKENIZED_CACHE", str(tmp_path / "tokenized"))
     records = messy_records(authors_format=True)
     del records[120]
+    path = write_pairs(tmp_path / "pairs.jsonl", records=records)
+    with pytest.raises(ValueError, match=r"pairs\.jsonl:8: pair 'sha1:\w+': no chosen sentence is kept by the loss"):
+        build_maskdpo_dataset(str(path), tiny_tokenizer, max_length=512)  # the first problem in the file
+    records[7] = pair_records(True, facts=many_facts(8))[7]
     path = write_pairs(tmp_path / "pairs.jsonl", records=records)
     with pytest.raises(ValueError, match=r"pairs\.jsonl:51: pair 'sha1:\w+': rejected_item\.sents\[0\]"):
         build_maskdpo_dataset(str(path), tiny_tokenizer, max_length=512)

@@ -110,15 +110,17 @@ def test_counts_kept_truncated_rejected(tmp_path, tokenizer):
     records[3]["chosen_item"]["type"] = ["hallucination", "hallucination"]
     records[3]["rejected_item"]["type"] = ["no_hallucination", "no_hallucination"]
     pairs = read_pairs(str(write_pairs(tmp_path / "p.jsonl", records=records)))
+    with pytest.raises(ValueError, match=r"p\.jsonl:4: pair 'pair-3': no chosen sentence is kept by the loss"):
+        encode_pairs(pairs, tokenizer, max_length=40, mask="both")
     report = BuildReport()
-    items = encode_pairs(pairs, tokenizer, max_length=30, mask="both", report=report)
+    items = encode_pairs(pairs, tokenizer, max_length=40, mask="both", skip_invalid=True, report=report)
     assert report.read == 4 and report.kept == 3 and len(items) == 3
-    assert report.truncated == 3  # every pair is longer than 30 tokens
-    assert report.rejected == {"no kept token on either side": 1}
-    assert "p.jsonl:4" in report.summary()
+    assert report.truncated == 3  # every pair is longer than 40 tokens
+    assert report.rejected == {"unusable pair": 1}
+    assert "p.jsonl:4" in report.summary() and "carries no signal" in report.summary()
     dropped = BuildReport()
-    assert encode_pairs(pairs, tokenizer, max_length=30, drop_truncated=True, report=dropped) == []
-    assert dropped.rejected == {"longer than max_length 30": 4}  # checked before the kept-token rule
+    assert encode_pairs(pairs, tokenizer, max_length=40, drop_truncated=True, report=dropped) == []
+    assert dropped.rejected == {"longer than max_length 40": 4}  # checked before the signal rule
 
 
 def test_bad_records_name_file_line_and_field(tmp_path, tokenizer):

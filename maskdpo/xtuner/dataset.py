@@ -45,6 +45,7 @@ labels are optional), and it drops line numbers.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -63,13 +64,14 @@ ENCODE_BATCH = 256  # pairs per tokenizer call
 CACHE_FORMAT = "maskdpo/tokenized@1"
 MANIFEST = "manifest.json"
 # The modules whose code decides ids and labels: an edit to any of them gives new cache keys.
-ENCODING_MODULES = ("maskdpo.masking", "maskdpo.sentences", "maskdpo.records", "maskdpo.labels", "maskdpo.jsonl")
+ENCODING_MODULES = ("maskdpo.masking", "maskdpo.sentences", "maskdpo.records", "maskdpo.labels", "maskdpo.jsonl",
+                    "maskdpo.validate")
 ITEM_COLUMNS = ("chosen_ids", "chosen_labels", "rejected_ids", "rejected_labels", "pair_id", "pair_digest")
 
 KEPT = "kept"
 INVALID_RECORD = "invalid record"
 INVALID_PAIR = "invalid pair"
-NO_SIGNAL = "no kept token on either side"
+UNUSABLE = "unusable pair"  # tokenized, but no training signal or inconsistent (maskdpo.validate)
 
 
 def item_digest(item: dict) -> str:
@@ -106,11 +108,13 @@ class BuildReport:
 # ---------------------------------------------------------------- encoding (shared by both paths)
 
 
-def pair_problem(masked: Any) -> str | None:
-    """Why a tokenized pair carries no training signal, or None. The one place the rule lives:
-    the in-memory path and the tokenized cache both ask it."""
-    labels = masked.chosen.labels + masked.rejected.labels
-    return NO_SIGNAL if all(label == -100 for label in labels) else None
+def pair_problem(pair: Pair, masked: Any, mask: str) -> str | None:
+    """Why a tokenized pair cannot train, or None: the project's pair checks (:mod:`maskdpo.validate`:
+    chosen equal to rejected, a side with no kept sentence or no kept response token, an inverted
+    pair). The one call site: the in-memory path and the tokenized cache both ask it."""
+    from ..validate import token_signal_problem, validate_pair
+
+    return validate_pair(pair, mask) or token_signal_problem(masked)
 
 
 def _encode_chunk(chunk: list[tuple[str, Pair]], tokenizer: Any, max_length: int, mask: str) -> list:
@@ -165,9 +169,11 @@ def encode_pairs(
         if truncated and drop_truncated:
             report.reject(f"longer than max_length {max_length}", f"{where}: pair {pair.id!r}")
             continue
-        problem = pair_problem(encoded)
+        problem = pair_problem(pair, encoded, mask)
         if problem:
-            report.reject(problem, f"{where}: pair {pair.id!r}")
+            if not skip_invalid:
+                raise ValueError(f"{where}: pair {pair.id!r}: {problem}")
+            report.reject(UNUSABLE, f"{where}: pair {pair.id!r}: {problem}")
             continue
         item["pair_id"] = pair.id
         item["pair_digest"] = item_digest(item)
@@ -261,14 +267,15 @@ def tokenizer_identity(tokenizer: Any) -> dict:
     return {"name": str(getattr(tokenizer, "name_or_path", "")) or None, "vocab": len(tokenizer), "digest": digest}
 
 
+@functools.lru_cache(maxsize=1)
 def encoding_code_digest() -> str:
-    """A digest of the code that turns a pair line into ids and labels (:data:`ENCODING_MODULES`)."""
-    import importlib.util
+    """A digest of the code that turns a pair line into ids and labels (:data:`ENCODING_MODULES`),
+    read once per process: the code that runs is the code that was imported."""
+    import importlib
 
     h = hashlib.sha256(CACHE_FORMAT.encode())
     for name in ENCODING_MODULES:
-        origin = importlib.util.find_spec(name).origin
-        h.update(name.encode() + b"\0" + Path(origin).read_bytes())
+        h.update(name.encode() + b"\0" + Path(importlib.import_module(name).__file__).read_bytes())
     return h.hexdigest()[:20]
 
 
@@ -411,7 +418,9 @@ def tokenize_rows(batch: dict, *, files: list[str], tokenizer: Any, max_length: 
             item.update(chosen_labels=encoded.chosen.labels, rejected_labels=encoded.rejected.labels)
             out["chosen_labels"][r], out["rejected_labels"][r] = item["chosen_labels"], item["rejected_labels"]
             out["pair_digest"][r] = item_digest(item)
-            out["status"][r] = pair_problem(encoded) or KEPT
+            problem = pair_problem(pair, encoded, mask)
+            if problem:
+                out["status"][r], out["error"][r] = UNUSABLE, f"pair {pair.id!r}: {problem}"
     return out
 
 
@@ -681,17 +690,22 @@ def select_rows(table, files: list[str], max_length: int, drop_truncated: bool, 
                     duplicated = (int(r), pid, seen[pid])
                     break
                 seen[pid] = int(r)
-    first_bad_pair = int(np.flatnonzero(invalid_pair)[0]) if invalid_pair.any() else None
-    if duplicated and (skip_invalid or first_bad_pair is None or duplicated[0] < first_bad_pair):
-        r, pid, earlier = duplicated
-        raise ValueError(f"{where(r)}: pair id {pid!r} repeats the pair at {where(earlier)}; ids must be unique")
-    if first_bad_pair is not None and not skip_invalid:
-        raise ValueError(f"{where(first_bad_pair)}: {data.column('error')[first_bad_pair].as_py()}")
-
     truncated = data.column("truncated").to_numpy(zero_copy_only=False).astype(bool)
     dropped = candidates & truncated if drop_truncated else np.zeros(n, dtype=bool)
-    no_signal = candidates & ~dropped & is_status(NO_SIGNAL)
-    kept = candidates & ~dropped & ~no_signal
+    unusable = candidates & ~dropped & is_status(UNUSABLE)
+    kept = candidates & ~dropped & ~unusable
+    # The first problem in file order, as the in-memory path meets them: a pair that does not tokenize,
+    # a repeated id (an error even with skip_invalid), a pair that cannot train (after drop_truncated).
+    firsts = [(int(np.flatnonzero(rows)[0]), kind) for rows, kind in ((invalid_pair, "pair"), (unusable, "unusable"))
+              if rows.any() and not skip_invalid]
+    if duplicated:
+        firsts.append((duplicated[0], "duplicate"))
+    if firsts:
+        r, kind = min(firsts)
+        if kind == "duplicate":
+            _, pid, earlier = duplicated
+            raise ValueError(f"{where(r)}: pair id {pid!r} repeats the pair at {where(earlier)}; ids must be unique")
+        raise ValueError(f"{where(r)}: {data.column('error')[r].as_py()}")
     # Rejection reasons in order of first occurrence, as the in-memory path records them.
     reasons = []
     if invalid_pair.any():
@@ -700,9 +714,9 @@ def select_rows(table, files: list[str], max_length: int, drop_truncated: bool, 
     if dropped.any():
         reasons.append((int(np.flatnonzero(dropped)[0]), f"longer than max_length {max_length}", dropped,
                         lambda r: f"{where(r)}: pair {ids[r].as_py()!r}"))
-    if no_signal.any():
-        reasons.append((int(np.flatnonzero(no_signal)[0]), NO_SIGNAL, no_signal,
-                        lambda r: f"{where(r)}: pair {ids[r].as_py()!r}"))
+    if unusable.any():
+        reasons.append((int(np.flatnonzero(unusable)[0]), UNUSABLE, unusable,
+                        lambda r: f"{where(r)}: {data.column('error')[r].as_py()}"))
     for first, reason, rows, example in sorted(reasons, key=lambda x: x[0]):
         report.rejected[reason] += int(rows.sum())
         report.examples.setdefault(reason, example(first))
