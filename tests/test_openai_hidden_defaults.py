@@ -160,3 +160,18 @@ def test_judge_answers_through_a_server_with_hidden_defaults_equal_those_without
     annotate(hidden, samples, questions, tmp_path / "leaky.jsonl", "--server-profile", "openai")
     leaky = records(tmp_path / "leaky.jsonl")
     assert [s["raw"]["answers"] for r in leaky for s in r["sentences"]] != answers
+
+
+def test_the_server_really_applies_its_hidden_defaults(servers, smol):
+    from maskdpo.backends.base import Decoding, GenerationRequest
+    from maskdpo.backends.hf import describe_processors
+
+    _, hidden = servers
+    ask = [GenerationRequest([{"role": "user", "content": "Hi"}], n=1, seed=1)]
+    load_backend("openai", "smol", base_url=hidden.base_url, server_profile="openai").generate(ask, Decoding(max_new_tokens=2))
+    built = dict(describe_processors(smol.last_processors))
+    assert built["RepetitionPenaltyLogitsProcessor"] == {"penalty": 1.1}
+    assert built["MinPLogitsWarper"] == {"min_p": 0.05}
+    load_backend("openai", "smol", base_url=hidden.base_url).generate(ask, Decoding(max_new_tokens=2))
+    built = dict(describe_processors(smol.last_processors))
+    assert "RepetitionPenaltyLogitsProcessor" not in built and "MinPLogitsWarper" not in built
