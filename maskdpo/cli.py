@@ -17,6 +17,7 @@ COMMANDS = {
     "sample": ("maskdpo.commands.sample", "sample", "Sample n responses per question (LMDeploy, OpenAI-compatible, transformers)."),
     "annotate": ("maskdpo.commands.annotate", "annotate", "Label every sentence of every sample (ANAH-v2 judge or another annotator)."),
     "protocol": ("maskdpo.commands.protocol", "protocol_command", "Fetch, add and list the official ANAH-v2 judge protocol files (pinned, sha256-checked)."),
+    "import-preferences": ("maskdpo.commands.import_preferences", "import_preferences_command", "Turn a preference dataset (TRL, XTuner DPO, Hub) into questions and samples to annotate."),
     "tokenize": ("maskdpo.commands.tokenize", "tokenize", "Tokenize pair files once into the memory-mapped cache training reads."),
     "ref-cache": ("maskdpo.commands.ref_cache", "ref_cache", "Precompute the reference model's masked log-prob sums for a pair file."),
     "eval": ("maskdpo.commands.eval", "eval_command", "Score responses with the ANAH score and FactScore; write Table-1 reports."),

@@ -1,0 +1,45 @@
+"""``maskdpo import-preferences``: an existing preference dataset → questions and samples to annotate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("import-preferences")
+@click.argument("source")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for questions.jsonl and samples.jsonl (replaced when the import finishes).")
+@click.option("--split", default="train", show_default=True, help="Split of a Hub or folder dataset.")
+@click.option("--config", "config_name", default=None, help="Configuration (subset) of a Hub dataset.")
+@click.option("--limit", type=int, default=None, help="Import the first N rows only.")
+@click.option("--language", type=click.Choice(["en", "zh"]), default="en", show_default=True,
+              help="Language of the questions (the judge's prompts depend on it).")
+@click.option("--topic-field", default=None, help="Row field holding each question's topic.")
+@click.option("--document-field", default=None,
+              help="Row field holding each question's reference document (the ANAH-v2 judge checks against it).")
+@click.option("--skip-invalid", is_flag=True, help="Skip and count invalid rows instead of stopping.")
+def import_preferences_command(source, out_dir, split, config_name, limit, language, topic_field, document_field,
+                               skip_invalid) -> None:
+    """Turn a preference dataset into maskdpo questions and samples, so its responses can be
+    annotated (`maskdpo annotate`) and paired and masked (`maskdpo pairs`).
+
+    SOURCE is a local JSONL file, a local dataset folder or data file (.json, .parquet, .csv), or a
+    Hugging Face Hub dataset name. Rows in TRL's preference layouts (prompt/chosen/rejected as strings
+    or as chat messages, or chosen/rejected as whole chats with an implicit prompt) and XTuner's DPO
+    JSONL are read. Each row becomes one question and two samples: sample 0 the dataset's chosen
+    response, sample 1 its rejected one.
+    """
+    from ..jsonl import RecordError
+    from ..preferences import import_preferences
+
+    try:
+        stats = import_preferences(source, out_dir, split=split, config=config_name, limit=limit, language=language,
+                                   topic_field=topic_field, document_field=document_field, skip_invalid=skip_invalid)
+    except (RecordError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(stats.summary())
+    click.echo(f"wrote {out_dir / 'questions.jsonl'} and {out_dir / 'samples.jsonl'}")
+    if not stats.imported:
+        raise click.ClickException(f"{source}: no row imported")
