@@ -228,3 +228,31 @@ def test_line_index_counts_blank_lines_and_a_last_line_without_newline(tmp_path)
     assert lines.tolist() == [1, 4, 5]
     data = path.read_bytes()
     assert [data[o:o + n] for o, n in zip(offsets, lengths)] == [b'{"a": 1}', b'{"b": 2}\r', b'{"c": 3}']
+
+
+def test_tokenize_command_builds_ahead_and_says_what_it_holds(tmp_path, tiny_llama_dir, monkeypatch):
+    from click.testing import CliRunner
+
+    from maskdpo.cli import main
+
+    path = write_pairs(tmp_path / "p.jsonl")
+    args = ["tokenize", "--pairs", str(path), "--tokenizer", str(tiny_llama_dir), "--max-length", "512",
+            "--mask", "both", "--mask", "none", "--cache-dir", str(tmp_path / "cache")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    folder = next((tmp_path / "cache").iterdir())
+    assert f"tokenized cache: {folder}" in result.output
+    assert "mask=both: 4 pairs read: 4 kept (0 of them truncated), 0 rejected" in result.output
+    assert "mask=none: 4 pairs read: 4 kept" in result.output and f"MASKDPO_PAIRS={folder}" in result.output
+    assert TokenizedPairs.open(folder).modes() == ["both", "none"]
+    bad = write_pairs(tmp_path / "bad.jsonl", records=[{"prompt": "not a chat"}])
+    result = CliRunner().invoke(main, args[:2] + [str(bad)] + args[3:])
+    assert result.exit_code == 2 and "bad.jsonl:1: field" in result.output
+    # Training with the config's settings opens it without tokenizing.
+    monkeypatch.setattr(ds_module, "tokenize_rows", None)
+    monkeypatch.setenv("MASKDPO_MODEL", str(tiny_llama_dir))
+    monkeypatch.setenv("MASKDPO_PAIRS", str(path))
+    monkeypatch.setenv("MASKDPO_TOKENIZED_CACHE", str(tmp_path / "cache"))
+    result = CliRunner().invoke(main, ["tokenize", "--config", "xtuner_configs/maskdpo_tiny_cpu.py"])
+    assert result.exit_code == 0, result.output
+    assert f"tokenized cache: {folder}" in result.output and "max_length: 512" in result.output

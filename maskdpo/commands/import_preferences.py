@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from . import reports_errors
+
 
 @click.command("import-preferences")
 @click.argument("source")
@@ -20,6 +22,7 @@ import click
 @click.option("--document-field", default=None,
               help="Row field holding each question's reference document (the ANAH-v2 judge checks against it).")
 @click.option("--skip-invalid", is_flag=True, help="Skip and count invalid rows instead of stopping.")
+@reports_errors
 def import_preferences_command(source, out_dir, split, config_name, limit, language, topic_field, document_field,
                                skip_invalid) -> None:
     """Turn a preference dataset into maskdpo questions and samples, so its responses can be
@@ -31,14 +34,10 @@ def import_preferences_command(source, out_dir, split, config_name, limit, langu
     JSONL are read. Each row becomes one question and two samples: sample 0 the dataset's chosen
     response, sample 1 its rejected one.
     """
-    from ..jsonl import RecordError
     from ..preferences import import_preferences
 
-    try:
-        stats = import_preferences(source, out_dir, split=split, config=config_name, limit=limit, language=language,
-                                   topic_field=topic_field, document_field=document_field, skip_invalid=skip_invalid)
-    except (RecordError, ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
+    stats = import_preferences(source, out_dir, split=split, config=config_name, limit=limit, language=language,
+                               topic_field=topic_field, document_field=document_field, skip_invalid=skip_invalid)
     click.echo(stats.summary())
     click.echo(f"wrote {out_dir / 'questions.jsonl'} and {out_dir / 'samples.jsonl'}")
     if not stats.imported:

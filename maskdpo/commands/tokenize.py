@@ -8,10 +8,13 @@ import click
 
 from ..masking import MASK_MODES
 from . import reports_errors
+from . import reports_errors
 
 
-def describe(store, masks: list[str], drop_truncated: bool = False, files: list[str] | None = None) -> list[str]:
-    """Lines saying where a tokenized cache is and what it holds (per mask mode: kept / truncated / rejected)."""
+def describe(store, masks: list[str], drop_truncated: bool = False, skip_invalid: bool = False,
+             files: list[str] | None = None) -> list[str]:
+    """Lines saying where a tokenized cache is and what it holds (per mask mode: kept / truncated / rejected).
+    A bad record or pair is an error naming file and line, as in training, unless ``skip_invalid``."""
     import pyarrow.compute as pc
 
     from ..xtuner.dataset import select_rows
@@ -24,7 +27,7 @@ def describe(store, masks: list[str], drop_truncated: bool = False, files: list[
              f"  max_length: {m['max_length']}   lines: {m['rows']:,}   size on disk: {store.size_bytes() / 2**20:.1f} MiB"]
     for mask in masks:
         table = store.table(mask)
-        _, report = select_rows(table, files or store.files, m["max_length"], drop_truncated, skip_invalid=True)
+        _, report = select_rows(table, files or store.files, m["max_length"], drop_truncated, skip_invalid)
         data = table.data
         tokens = int(pc.sum(pc.list_value_length(data.column("chosen_ids"))).as_py() or 0) + \
             int(pc.sum(pc.list_value_length(data.column("rejected_ids"))).as_py() or 0)
@@ -46,17 +49,18 @@ def describe(store, masks: list[str], drop_truncated: bool = False, files: list[
               help="Mask mode(s) to compute labels for; repeat to build several (they share the ids). "
                    "Default: the config's, or both.")
 @click.option("--num-proc", type=int, default=1, show_default=True, help="Tokenizer processes.")
+@click.option("--skip-invalid", is_flag=True, help="Count bad records and unusable pairs instead of stopping at "
+                                                   "the first (the cache keeps every line's status either way).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Root of the tokenized caches (default: $MASKDPO_TOKENIZED_CACHE or ~/.cache/maskdpo/tokenized; "
                    "with --config, the config's cache_dir when it sets one). Use a folder every node can read.")
 @reports_errors
-def tokenize(config, cfg_options, pairs, tokenizer, max_length, masks, num_proc, cache_dir) -> None:
+def tokenize(config, cfg_options, pairs, tokenizer, max_length, masks, num_proc, skip_invalid, cache_dir) -> None:
     """Tokenize training pairs ahead of training (e.g. on a CPU node) into Arrow files keyed by the
     pairs' content, the tokenizer, its chat template and max_length. Training with the same settings
     opens them instead of tokenizing; so does `maskdpo ref-cache`. Point MASKDPO_PAIRS (or the config's
     data_files) at the printed folder to train from it directly.
     """
-    from ..jsonl import RecordError
     from ..xtuner.dataset import prepare_tokenized
 
     if bool(config) == bool(pairs):
@@ -65,8 +69,10 @@ def tokenize(config, cfg_options, pairs, tokenizer, max_length, masks, num_proc,
         raise click.BadParameter(f"must be at least 1, got {num_proc}", param_hint="--num-proc")
     drop_truncated = False
     if config:
-        data_files, tok, max_length, config_mask, drop_truncated, config_cache = _from_config(config, cfg_options)
+        data_files, tok, max_length, config_mask, drop_truncated, config_skip, config_cache = _from_config(
+            config, cfg_options)
         masks = list(masks) or [config_mask]
+        skip_invalid = skip_invalid or config_skip
         cache_dir = cache_dir or config_cache
     else:
         if not tokenizer or not max_length:
@@ -76,14 +82,15 @@ def tokenize(config, cfg_options, pairs, tokenizer, max_length, masks, num_proc,
         tok = AutoTokenizer.from_pretrained(tokenizer, use_fast=True)
         data_files = [str(p) for p in pairs]
         masks = list(masks) or ["both"]
-    try:
-        store = None
-        for mask in dict.fromkeys(masks):
+    store = None
+    for mask in dict.fromkeys(masks):
+        try:
             store = prepare_tokenized(data_files, tok, max_length, mask, cache_dir=cache_dir, num_proc=num_proc)
-        for line in describe(store, list(dict.fromkeys(masks)), drop_truncated):
-            click.echo(line)
-    except (RecordError, ValueError, FileNotFoundError, TypeError) as exc:
-        raise click.ClickException(str(exc)) from None
+        except TypeError as exc:  # a slow tokenizer: no offsets, no exact alignment
+            raise click.ClickException(str(exc)) from None
+    for line in describe(store, list(dict.fromkeys(masks)), drop_truncated, skip_invalid,
+                         None if config else data_files):
+        click.echo(line)
     click.echo(f"train from it: MASKDPO_PAIRS={store.folder} (or data_files='{store.folder}' in the config)")
 
 
@@ -102,4 +109,4 @@ def _from_config(config: Path, cfg_options: tuple[str, ...]):
             raise click.ClickException(f"{config}: train_dataloader.dataset has no {key!r}: is it build_maskdpo_dataset?")
     tok = BUILDER.build(data["tokenizer"]) if isinstance(data["tokenizer"], dict) else data["tokenizer"]
     return (data["data_files"], tok, data["max_length"], data.get("mask", "both"), data.get("drop_truncated", False),
-            data.get("cache_dir"))
+            data.get("skip_invalid", False), data.get("cache_dir"))
