@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from .hfdata import iter_hf_rows
 from .jsonl import FieldError, ReadStats, RecordError, dump_line, iter_jsonl
 from .records import LANGUAGES, Question, Sample, parse_messages
 
@@ -127,7 +128,7 @@ def is_local_jsonl(source: str) -> bool:
     return source.endswith(".jsonl") and os.path.isfile(source)
 
 
-def iter_rows(source: str, split: str = "train", config: str | None = None, *, skip_invalid: bool = False,
+def iter_rows(source: str, split: str | None = None, config: str | None = None, *, skip_invalid: bool = False,
               stats: ReadStats | None = None) -> Iterator[tuple[str, Any]]:
     """``(where, row)`` for every row of ``source``.
 
@@ -140,32 +141,10 @@ def iter_rows(source: str, split: str = "train", config: str | None = None, *, s
         for lineno, obj in iter_jsonl(source, skip_invalid=skip_invalid, stats=stats, with_lines=True):
             yield f"{source}:{lineno}", obj
         return
-    dataset = load_hf_dataset(source, split=split, config=config)
-    for i, row in enumerate(dataset):
-        yield f"{source}[{split}] row {i}", row
+    yield from iter_hf_rows(source, split, config)
 
 
-def load_hf_dataset(source: str, split: str = "train", config: str | None = None):
-    """``datasets.load_dataset`` for a Hub name, a local dataset folder or local data files (by extension)."""
-    from datasets import load_dataset
-
-    path = Path(source)
-    if path.is_file():
-        kind = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}.get(path.suffix)
-        if kind is None:
-            raise ValueError(f"{source}: cannot tell the file type from its extension (.jsonl, .json, .parquet, .csv)")
-        return load_dataset(kind, data_files=str(path), split="train")
-    try:
-        return load_dataset(source, config, split=split)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"{source}: no such file, folder or Hub dataset ({exc})") from None
-    except ValueError as exc:
-        if "split" in str(exc).lower():
-            raise ValueError(f"{source}: no split {split!r} ({exc})") from None
-        raise
-
-
-def import_preferences(source: str, out_dir: str | os.PathLike, *, split: str = "train", config: str | None = None,
+def import_preferences(source: str, out_dir: str | os.PathLike, *, split: str | None = None, config: str | None = None,
                        limit: int | None = None, language: str = "en", topic_field: str | None = None,
                        document_field: str | None = None, skip_invalid: bool = False) -> ImportStats:
     """Write ``questions.jsonl`` and ``samples.jsonl`` in ``out_dir`` from a preference dataset.

@@ -18,6 +18,13 @@
     accepted too) and ``language`` — one question record per question.
 
 A record that fits none of them is an error naming file, line and field.
+
+Both loaders also take what ``datasets.load_dataset`` opens — a Hub dataset
+name (``opencompass/anah``), a local dataset folder, or a ``.parquet`` /
+``.csv`` file — when the source is not a local file of the layouts above:
+ANAH rows are read by the same record rules, biography rows by their entity
+column (``entity``, ``topic``, ``name`` or ``title``, or ``entity_field``).
+Errors then name ``source[split] row N``.
 """
 
 from __future__ import annotations
@@ -26,27 +33,40 @@ import hashlib
 import json
 import os
 from pathlib import Path
+
+from .hfdata import iter_hf_rows, row_error
 from .jsonl import FieldError, RecordError, iter_jsonl
 from .records import LANGUAGES, Question
 
 BIO_TEMPLATE = "Tell me a bio of {entity}."
 HF_QUESTION_KEYS = ("selected_questions", "selected_quetsions", "questions")
+ENTITY_FIELDS = ("entity", "topic", "name", "title")
+LOCAL_FORMATS = (".txt", ".jsonl", ".json")  # read by this module's own readers (file:line errors)
 
 
-def load_biography_prompts(path: str | os.PathLike, limit: int | None = None) -> list[Question]:
-    """One question per non-blank line of an entity list; a repeated entity is an error."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such entity list")
+def load_biography_prompts(path: str | os.PathLike, limit: int | None = None, *, split: str | None = None,
+                           entity_field: str | None = None) -> list[Question]:
+    """One question per entity: a non-blank line of an entity list file, or a row of a ``datasets``
+    source (Hub name, folder, parquet/csv; its ``split``, or its only one). A repeated entity is an error."""
+    local = _read_locally(path)
+    if local:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such entity list")
+        located = ((lineno, line.strip())
+                   for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1))
+    else:
+        located = ((where, _entity(row, where, entity_field)) for where, row in iter_hf_rows(str(path), split))
     questions: list[Question] = []
-    seen: dict[str, int] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        entity = line.strip()
+    seen: dict[str, int | str] = {}
+    for where, entity in located:
         if not entity:
             continue
         if entity in seen:
-            raise RecordError(path, lineno, None, f"entity {entity!r} repeats line {seen[entity]}")
-        seen[entity] = lineno
+            if local:
+                raise RecordError(path, where, None, f"entity {entity!r} repeats line {seen[entity]}")
+            raise ValueError(f"{where}: entity {entity!r} repeats {seen[entity]}")
+        seen[entity] = where
         questions.append(Question(id=f"bio-{_digest(entity)}", question=BIO_TEMPLATE.format(entity=entity),
                                   topic=entity, language="en", split="test"))
         if limit is not None and len(questions) >= limit:
@@ -54,6 +74,23 @@ def load_biography_prompts(path: str | os.PathLike, limit: int | None = None) ->
     if not questions:
         raise ValueError(f"{path}: no entities")
     return questions
+
+
+def _read_locally(path: str | os.PathLike) -> bool:
+    """A ``.txt`` / ``.jsonl`` / ``.json`` path is read by this module (a missing one is an error naming
+    it); a folder, another data file or a name that is no local path goes to ``datasets``."""
+    return Path(path).suffix in LOCAL_FORMATS and not Path(path).is_dir()
+
+
+def _entity(row: dict, where: str, entity_field: str | None) -> str:
+    names = (entity_field,) if entity_field else ENTITY_FIELDS
+    name = next((n for n in names if n in row), None)
+    if name is None:
+        raise row_error(where, FieldError(names[0], f"missing: expected an entity column ({', '.join(names)})"))
+    value = row[name]
+    if not isinstance(value, str):
+        raise row_error(where, FieldError(name, f"expected a string, got {type(value).__name__}"))
+    return value.strip()
 
 
 def parse_anah_record(d: dict) -> list[Question]:
@@ -75,12 +112,14 @@ def parse_anah_record(d: dict) -> list[Question]:
                                  "or an opencompass/anah topic record {name, documents, selected_questions, language}")
 
 
-def load_anah_questions(path: str | os.PathLike, limit: int | None = None) -> list[Question]:
-    """Questions from an ANAH-style ``.jsonl`` or ``.json`` file; repeated ids are an error."""
-    path = Path(path)
+def load_anah_questions(path: str | os.PathLike, limit: int | None = None, *,
+                        split: str | None = None) -> list[Question]:
+    """Questions from an ANAH-style ``.jsonl`` or ``.json`` file, or from a ``datasets`` source (Hub name
+    such as ``opencompass/anah``, folder, parquet/csv; its ``split``, or its only one); repeated ids are an error."""
     questions: list[Question] = []
     where: dict[str, str] = {}
-    for loc, batch in _records(path):
+    records = _records(Path(path)) if _read_locally(path) else _hf_records(str(path), split)
+    for loc, batch in records:
         for q in batch:
             if q.id in where:
                 raise ValueError(f"{loc}: question id {q.id!r} repeats {where[q.id]}")
@@ -91,6 +130,14 @@ def load_anah_questions(path: str | os.PathLike, limit: int | None = None) -> li
     if not questions:
         raise ValueError(f"{path}: no questions")
     return questions
+
+
+def _hf_records(source: str, split: str | None):
+    for where, row in iter_hf_rows(source, split):
+        try:
+            yield where, parse_anah_record(row)
+        except FieldError as exc:
+            raise row_error(where, exc) from None
 
 
 def _records(path: Path):

@@ -68,3 +68,62 @@ def test_anah_bad_records_name_file_line_field(tmp_path):
     write_jsonl(path, [{"question": "same?"}, {"question": "same?"}])
     with pytest.raises(ValueError, match="repeats"):
         load_anah_questions(path)
+
+
+@pytest.fixture()
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_anah_questions_from_a_dataset_folder_like_the_hub(tmp_path, offline):
+    # A folder laid out like a Hub dataset repository (opencompass/anah's per-topic records, a test split).
+    folder = tmp_path / "anah"
+    (folder / "data").mkdir(parents=True)
+    write_jsonl(folder / "data" / "test.jsonl", [
+        {"name": "Marie Curie", "documents": ["Marie Curie was a physicist."],
+         "selected_questions": ["Where was Marie Curie born?", "What did Marie Curie study?"], "language": "en"},
+        {"name": "Alan Turing", "documents": ["Alan Turing was a mathematician."],
+         "selected_questions": ["Where was Alan Turing born?"], "language": "en"},
+    ])
+    qs = load_anah_questions(folder)
+    assert [q.question for q in qs] == ["Where was Marie Curie born?", "What did Marie Curie study?",
+                                        "Where was Alan Turing born?"]
+    assert qs[2].topic == "Alan Turing" and qs[0].document == "Marie Curie was a physicist."
+    # The same records from a local file read by the project's reader give the same ids.
+    write_jsonl(tmp_path / "anah.jsonl", [{"name": "Marie Curie", "documents": ["Marie Curie was a physicist."],
+                                           "selected_questions": ["Where was Marie Curie born?"], "language": "en"}])
+    assert load_anah_questions(tmp_path / "anah.jsonl")[0].id == qs[0].id
+    assert len(load_anah_questions(folder, limit=2)) == 2
+    with pytest.raises(ValueError, match=r"anah has splits|no split 'validation'"):
+        load_anah_questions(folder, split="validation")
+
+
+def test_anah_dataset_errors_name_the_row_and_field(tmp_path, offline):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "questions.parquet"
+    pq.write_table(pa.table({"question": ["Who was Ada?", "Who was Bob?"], "language": ["en", "fr"]}), path)
+    with pytest.raises(ValueError, match=r"questions\.parquet\[train\] row 1: field 'language': expected one of"):
+        load_anah_questions(path)
+
+
+def test_biography_entities_from_a_dataset(tmp_path, offline):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "entities.parquet"
+    pq.write_table(pa.table({"topic": ["Ada Lovelace", "Marie Curie"], "n": [1, 2]}), path)
+    qs = load_biography_prompts(path)
+    assert [q.question for q in qs] == ["Tell me a bio of Ada Lovelace.", "Tell me a bio of Marie Curie."]
+    text = tmp_path / "prompt_entities.txt"
+    text.write_text("Ada Lovelace\nMarie Curie\n", encoding="utf-8")
+    assert [q.id for q in load_biography_prompts(text)] == [q.id for q in qs]  # same ids either way
+    with pytest.raises(ValueError, match=r"entities\.parquet\[train\] row 0: field 'person': missing"):
+        load_biography_prompts(path, entity_field="person")
+    pq.write_table(pa.table({"entity": ["Ada Lovelace", "Ada Lovelace"]}), path)
+    with pytest.raises(ValueError, match=r"row 1: entity 'Ada Lovelace' repeats .*row 0"):
+        load_biography_prompts(path)
+    with pytest.raises(FileNotFoundError, match="no such entity list"):
+        load_biography_prompts(tmp_path / "missing.txt")

@@ -13,7 +13,7 @@ from . import reports_errors
 @click.argument("source")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for questions.jsonl and samples.jsonl (replaced when the import finishes).")
-@click.option("--split", default="train", show_default=True, help="Split of a Hub or folder dataset.")
+@click.option("--split", default=None, help="Split of a Hub or folder dataset (default: its only split).")
 @click.option("--config", "config_name", default=None, help="Configuration (subset) of a Hub dataset.")
 @click.option("--limit", type=int, default=None, help="Import the first N rows only.")
 @click.option("--language", type=click.Choice(["en", "zh"]), default="en", show_default=True,
