@@ -153,11 +153,19 @@ def _reaped_cpu() -> float:
 
 
 def write_pairs(path: Path, count: int) -> None:
+    """``bench_pairs``' synthetic pairs, made usable for training: each side has a sentence the loss
+    keeps, and the chosen side is the one with more correct sentences (maskdpo.validate's rules)."""
     sys.path.insert(0, str(ROOT / "tools"))
     from bench_pairs import synthetic_pairs
 
     with path.open("w", encoding="utf-8") as handle:
         for pair in synthetic_pairs(count):
+            pair.chosen_item.type[0], pair.rejected_item.type[0] = "no_hallucination", "hallucination"
+            correct = lambda item: item.type.count("no_hallucination") / len(item.type)  # noqa: E731
+            if correct(pair.chosen_item) < correct(pair.rejected_item):
+                pair.chosen, pair.rejected = pair.rejected, pair.chosen
+                pair.chosen_item, pair.rejected_item = pair.rejected_item, pair.chosen_item
+                pair.chosen_item.type[0], pair.rejected_item.type[0] = "no_hallucination", "hallucination"
             handle.write(json.dumps(pair.to_dict(), ensure_ascii=False) + "\n")
 
 
