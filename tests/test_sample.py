@@ -186,8 +186,16 @@ def openai_settings(tmp_path, server, out="s.jsonl", **kw):
 def test_each_question_is_written_as_soon_as_it_is_complete(tmp_path, server):
     write_questions(tmp_path / "q.jsonl", 3)
     out = tmp_path / "s.jsonl"
-    seen = []  # records in the output when each call reaches the server
-    server.on_request = lambda body: seen.append(out.read_text().count("\n") if out.exists() else 0)
+    seen = []  # records in the output while each call is on the server
+
+    def written_so_far(body):
+        expected = 2 * (len(seen) // 2)  # every earlier question's samples
+        deadline = time.time() + 3  # the writer may be a moment behind the next call
+        while time.time() < deadline and (out.read_text().count("\n") if out.exists() else 0) < expected:
+            time.sleep(0.01)
+        seen.append(out.read_text().count("\n") if out.exists() else 0)
+
+    server.on_request = written_so_far
     try:
         summary = run_sampling(openai_settings(tmp_path, server, concurrency=1, batch_size=16))
     finally:

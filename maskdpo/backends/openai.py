@@ -320,57 +320,71 @@ class OpenAIBackend:
                 self.not_sent = not_sent
         return [ServerCompletion(text.strip(), reason, server) for text, reason in texts]
 
+    def _calls(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[int, int, int, int | None]]:
+        """(request index, replica index, n of the call, seed) for every call, in request order."""
+        for i, r in enumerate(requests):
+            if self.server_n:
+                yield i, 0, r.n, r.seed
+            else:
+                yield from ((i, j, 1, seed) for j, seed in enumerate(replica_seeds(r.seed, r.n)))
+
     def generate_stream(self, requests: Sequence[GenerationRequest],
                         decoding: Decoding) -> Iterator[tuple[int, list[ServerCompletion]]]:
         """``(request index, its n completions)`` in request order, each as soon as it and every
-        request before it are complete. Calls run in ``concurrency`` daemon threads, so an
-        interruption (Ctrl-C) returns at once instead of waiting for the calls in flight."""
+        request before it are complete.
+
+        Calls run in ``concurrency`` daemon threads that take them in order, at most a window of
+        calls ahead of the oldest unfinished request (so a slow call does not let finished results
+        pile up), and an interruption (Ctrl-C) returns at once instead of waiting for the calls in
+        flight.
+        """
         self.check_served_models()
-        calls: list[tuple[int, int, int | None]] = []  # (request index, n of the call, seed)
-        for i, r in enumerate(requests):
-            if self.server_n:
-                calls.append((i, r.n, r.seed))
-            else:
-                calls.extend((i, 1, seed) for seed in replica_seeds(r.seed, r.n))
-        todo: queue.Queue = queue.Queue()
-        for k, call in enumerate(calls):
-            todo.put((k, call))
+        if not requests:
+            return
+        calls_per_request = [1 if self.server_n else r.n for r in requests]
+        source = self._calls(requests)
+        take = threading.Lock()  # one thread at a time draws the next call
+        ahead = threading.Semaphore(4 * self.concurrency + max(calls_per_request))  # calls not yet handed back
         done: queue.Queue = queue.Queue()
         stop = threading.Event()
 
         def work() -> None:
             while not stop.is_set():
-                try:
-                    k, (i, n, seed) = todo.get_nowait()
-                except queue.Empty:
+                if not ahead.acquire(timeout=0.5):
+                    continue
+                with take:
+                    call = next(source, None)
+                if call is None:
                     return
+                i, j, n, seed = call
                 try:
-                    done.put((k, self._post(requests[i].messages, decoding, n, seed), None))
+                    done.put((i, j, self._post(requests[i].messages, decoding, n, seed), None))
                 except BaseException as exc:  # handed to the caller's thread
-                    done.put((k, None, exc))
+                    done.put((i, j, None, exc))
                     return
 
-        for _ in range(min(self.concurrency, len(calls))):
+        for _ in range(min(self.concurrency, sum(calls_per_request))):
             threading.Thread(target=work, name="maskdpo-openai", daemon=True).start()
-        outputs: dict[int, list[ServerCompletion]] = {}
-        calls_left = Counter(i for i, _, _ in calls)
+        # Completions of unfinished requests by replica index (calls finish in any order).
+        finished: dict[int, dict[int, list[ServerCompletion]]] = {}
         next_request = 0
         try:
             while next_request < len(requests):
-                while next_request < len(requests) and calls_left[next_request] == 0:
-                    yield next_request, [c for k, (i, _, _) in enumerate(calls) if i == next_request
-                                         for c in outputs.pop(k)]
+                got = finished.get(next_request, {})
+                if len(got) == calls_per_request[next_request]:
+                    del finished[next_request]
+                    for _ in got:
+                        ahead.release()
+                    yield next_request, [c for j in sorted(got) for c in got[j]]
                     next_request += 1
-                if next_request >= len(requests):
-                    break
+                    continue
                 try:
-                    k, result, exc = done.get(timeout=0.5)  # a timeout keeps Ctrl-C responsive everywhere
+                    i, j, result, exc = done.get(timeout=0.5)  # a timeout keeps Ctrl-C responsive everywhere
                 except queue.Empty:
                     continue
                 if exc is not None:
                     raise exc
-                outputs[k] = result
-                calls_left[calls[k][0]] -= 1
+                finished.setdefault(i, {})[j] = result
         finally:
             stop.set()  # threads finish the call they are in and take no other
 
