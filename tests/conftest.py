@@ -22,7 +22,7 @@ INFERENCE_TEST_FILES = frozenset({
     "test_annotate.py", "test_backends_hf.py", "test_backends_lmdeploy.py", "test_backends_openai.py",
     "test_bad_input.py", "test_eval_end_to_end.py", "test_eval_prompt_sets.py", "test_eval_score.py",
     "test_lmdeploy_contract.py", "test_masking.py", "test_metrics_anah.py", "test_metrics_factscore.py",
-    "test_openai_hidden_defaults.py", "test_pairs.py", "test_protocol.py", "test_protocol_annotate.py",
+    "test_openai_hidden_defaults.py", "test_openai_knobs.py", "test_pairs.py", "test_protocol.py", "test_protocol_annotate.py",
     "test_records_io.py", "test_report.py", "test_sample.py", "test_sentences.py", "test_sentences_anah_v2.py",
     "test_serve_hardening.py", "test_toyworld_oracle.py", "test_toyworld_rich.py", "test_toyworld_world.py",
 })
