@@ -82,3 +82,25 @@ def test_reference_identity_uses_the_folder_digest(tmp_path, tiny_llama_dir):
     (changed / "config.json").write_text(json.dumps(config))
     with pytest.raises(RefCacheMismatch):
         cache.check_reference(reference_fingerprint({"pretrained_model_name_or_path": str(changed)}))
+
+
+def test_ref_cache_opens_the_tokenized_cache_and_a_folder_fingerprints_like_its_pairs(env, monkeypatch, tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    from maskdpo.xtuner import dataset as ds_module
+    from maskdpo.xtuner.dataset import prepare_tokenized
+
+    monkeypatch.setenv("MASKDPO_TOKENIZED_CACHE", str(env / "tokenized"))
+    # What a training run or `maskdpo tokenize` left behind.
+    store = prepare_tokenized(str(env / "pairs.jsonl"), AutoTokenizer.from_pretrained(tiny_llama_dir), 512, "both")
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr(ds_module, "tokenize_rows", no_tokenizing)
+    from_pairs = compute_ref_cache(CONFIG, env / "a.jsonl", batch_size=4)
+    monkeypatch.setenv("MASKDPO_PAIRS", str(store.folder))
+    from_folder = compute_ref_cache(CONFIG, env / "b.jsonl", batch_size=4)
+    assert from_folder.fingerprint == from_pairs.fingerprint  # one cache serves training from either
+    assert {k: v["digest"] for k, v in from_folder.entries.items()} == \
+        {k: v["digest"] for k, v in from_pairs.entries.items()}

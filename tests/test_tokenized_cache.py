@@ -256,3 +256,40 @@ def test_tokenize_command_builds_ahead_and_says_what_it_holds(tmp_path, tiny_lla
     result = CliRunner().invoke(main, ["tokenize", "--config", "xtuner_configs/maskdpo_tiny_cpu.py"])
     assert result.exit_code == 0, result.output
     assert f"tokenized cache: {folder}" in result.output and "max_length: 512" in result.output
+
+
+def _rank(rank, world, port, pairs, tokenizer_dir, cache, out):
+    import torch.distributed as dist
+    from transformers import AutoTokenizer
+
+    from maskdpo.xtuner import dataset as module
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        if rank:
+            module.tokenize_rows = None  # only rank 0 may tokenize
+        tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+        ds = module.build_maskdpo_dataset(pairs, tok, max_length=512, mask="chosen", cache_dir=cache,
+                                          use_varlen_attn=True, max_packed_length=300)
+        rows = [ds[i] for i in range(len(ds))]
+        with open(f"{out}.{rank}", "w") as handle:
+            json.dump({"rows": rows, "type": type(ds).__name__}, handle)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_other_ranks_open_rank_0s_cache_through_xtuners_broadcast(tmp_path, tiny_llama_dir):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    path = write_pairs(tmp_path / "p.jsonl", records=pair_records(facts=many_facts(30)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "rows"
+    mp.spawn(_rank, args=(2, port, str(path), str(tiny_llama_dir), str(tmp_path / "cache"), str(out)), nprocs=2)
+    rank0, rank1 = (json.loads(open(f"{out}.{r}").read()) for r in (0, 1))
+    assert rank0["type"] == rank1["type"] == "PackedPairDataset"
+    assert rank0["rows"] == rank1["rows"] and len(rank0["rows"]) > 1  # same packing, same items
+    assert sorted(p for row in rank1["rows"] for p in row["pair_ids"]) == sorted(f"pair-{k}" for k in range(30))

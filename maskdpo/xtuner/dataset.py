@@ -760,6 +760,10 @@ class PairDataset:
 
     def __setstate__(self, state: dict) -> None:
         self._state = state
+        if not (Path(state["folder"]) / MANIFEST).is_file():
+            raise FileNotFoundError(f"{state['folder']}: rank 0 tokenized the pairs here, but this process cannot see "
+                                    "it; put the tokenized cache on a file system every node reads (cache_dir=, "
+                                    "MASKDPO_TOKENIZED_CACHE) or run `maskdpo tokenize` on every node first")
         self._open()
 
     def __len__(self) -> int:
