@@ -49,6 +49,7 @@ an unmasked pair.
 
 from __future__ import annotations
 
+import os as _os
 from bisect import bisect_left
 from dataclasses import dataclass
 from operator import itemgetter
@@ -121,6 +122,12 @@ def check_mask_mode(mask: str) -> str:
     return mask
 
 
+# Test only, never a user option: "1" reverses the mask (keep the chosen side's hallucinated sentences and
+# the rejected side's correct ones), so a test can prove the toy-world check catches a reversed mask.
+# Not part of the tokenized cache's key: a test that sets it uses its own MASKDPO_TOKENIZED_CACHE.
+FLIP_MASK_FOR_TESTS = "MASKDPO_TEST_ONLY_FLIP_MASK"
+
+
 def keep_flags(item: PairItem, side: str, mask: str) -> list[bool]:
     """Per sentence, whether its tokens count in the loss.
 
@@ -130,6 +137,8 @@ def keep_flags(item: PairItem, side: str, mask: str) -> list[bool]:
     if mask == "none" or (mask != "both" and mask != side):
         return [True] * len(item.type)
     wanted = CORRECT if side == "chosen" else HALLUCINATED
+    if _os.environ.get(FLIP_MASK_FOR_TESTS) == "1":  # test only: the bug the toy-world check must catch
+        wanted = HALLUCINATED if wanted == CORRECT else CORRECT
     return [t == wanted for t in item.type]
 
 

@@ -1,16 +1,13 @@
 """The demo's pure parts: thread choice, expected time, the reports on synthetic results, the test-only mask flip."""
 
 import json
-import math
 
 import pytest
 
-from maskdpo.jsonl import load_jsonl, write_jsonl
-from maskdpo.pairs import PairSettings, build_pairs
-from maskdpo.records import Annotation, Pair, Sentence
-from maskdpo.toyworld.demo import (DemoSettings, _split_pair_key, default_threads, expected_minutes,
-                                   flipped_labels_pairs, make_plan, report_markdown, resolve_threads, splits_of,
-                                   summarize)
+from maskdpo.masking import FLIP_MASK_FOR_TESTS, keep_flags
+from maskdpo.records import PairItem
+from maskdpo.toyworld.demo import (DemoSettings, _split_pair_key, default_threads, expected_minutes, make_plan,
+                                   report_markdown, resolve_threads, splits_of, summarize)
 from maskdpo.toyworld.rich import RichSettings
 from maskdpo.toyworld.study import MASK_MODELS, write_mask_study_reports
 from maskdpo.toyworld.world import WorldSettings
@@ -94,26 +91,18 @@ def test_difference_keys_split_on_model_names():
         _split_pair_key("maskdpo-nothing")
 
 
-def _annotation(index: int, labels: list[str]) -> Annotation:
-    texts = [f"Sentence {i}." for i in range(len(labels))]
-    response = " ".join(texts)
-    sentences, start = [], 0
-    for text, label in zip(texts, labels):
-        sentences.append(Sentence(text=text, start=start, end=start + len(text), label=label))
-        start += len(text) + 1
-    return Annotation(question_id="tw-p0001-q0", sample_index=index, messages=[{"role": "user", "content": "Q?"}],
-                      response=response, model="m", backend="hf", generation={}, sentences=sentences)
+def _item(types: list[str]) -> PairItem:
+    return PairItem(sents=[f"S{i}." for i in range(len(types))], type=types)
 
 
-def test_the_test_only_flip_swaps_every_sentence_label_and_nothing_else(tmp_path):
-    pairs, _ = build_pairs([_annotation(0, ["nofact", "ok", "ok", "contradictory"]),
-                            _annotation(1, ["ok", "unverifiable", "contradictory"])], PairSettings())
-    write_jsonl(tmp_path / "pairs.jsonl", [p.to_dict() for p in pairs])
-    flipped = load_jsonl(flipped_labels_pairs(tmp_path / "pairs.jsonl", tmp_path / "flipped.jsonl"), Pair.from_dict)[0]
-    (before,), (after,) = pairs, flipped
-    swap = {"hallucination": "no_hallucination", "no_hallucination": "hallucination"}
-    for side in ("chosen_item", "rejected_item"):
-        assert getattr(after, side).type == [swap[t] for t in getattr(before, side).type]
-        assert getattr(after, side).sents == getattr(before, side).sents
-    assert (after.chosen, after.rejected, after.id) == (before.chosen, before.rejected, before.id)
-    assert not math.isnan(after.chosen_score)
+def test_the_test_only_switch_reverses_the_mask_in_keep_flags(monkeypatch):
+    item = _item(["no_hallucination", "hallucination", "no_hallucination"])
+    monkeypatch.delenv(FLIP_MASK_FOR_TESTS, raising=False)
+    assert keep_flags(item, "chosen", "both") == [True, False, True]
+    assert keep_flags(item, "rejected", "both") == [False, True, False]
+    monkeypatch.setenv(FLIP_MASK_FOR_TESTS, "1")
+    assert keep_flags(item, "chosen", "both") == [False, True, False]
+    assert keep_flags(item, "rejected", "both") == [True, False, True]
+    assert keep_flags(item, "rejected", "chosen") == [True, True, True]  # an unmasked side stays unmasked
+    assert keep_flags(item, "chosen", "none") == [True, True, True]
+    assert FLIP_MASK_FOR_TESTS == "MASKDPO_TEST_ONLY_FLIP_MASK"

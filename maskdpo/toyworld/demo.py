@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
+from ..masking import FLIP_MASK_FOR_TESTS  # test only: reverses the mask (read in masking.keep_flags)
 from ..settings import knob, settings_dict, write_settings
 from .policy import PolicySettings
 from .rich import RichSettings
@@ -57,10 +58,6 @@ SPLIT_TITLES = {"train": "train", "test": "held-out people", "test_family": "hel
 CONFIGS = {"maskdpo": "maskdpo_tiny_cpu.py", "dpo": "dpo_tiny_cpu.py", "mask-chosen": "maskdpo_tiny_cpu.py",
            "mask-rejected": "maskdpo_tiny_cpu.py"}
 MASKS = {"maskdpo": "both", "dpo": "none", "mask-chosen": "chosen", "mask-rejected": "rejected"}
-# Test-only: swap the sentence labels of the pairs a masked run trains on (keep the chosen answer's
-# hallucinated sentences and the rejected answer's correct ones), to prove the standing check catches
-# a reversed mask. Read here only; not a user option.
-FLIP_MASK_FOR_TESTS = "MASKDPO_TEST_ONLY_FLIP_MASK"
 # Measured minutes per seed at --threads 1 on a quiet core (docs/toyworld.md): (world, quick) -> minutes.
 MINUTES_PER_SEED = {("rich", True): 3.0, ("rich", False): 7.0, ("simple", True): 2.7, ("simple", False): 4.4}
 
@@ -273,23 +270,6 @@ def run_logged(cmd: list[str], log: Path, env: dict, desc: str) -> None:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... failed with exit code {code}; log: {log}\n{tail}")
 
 
-def flipped_labels_pairs(pairs: Path, out: Path) -> Path:
-    """Test-only: ``pairs`` with every sentence's hallucination label swapped (a reversed mask), to ``out``."""
-    from ..jsonl import load_jsonl, write_jsonl
-    from ..records import Pair
-
-    swap = {"hallucination": "no_hallucination", "no_hallucination": "hallucination"}
-    flipped = []
-    for pair in load_jsonl(pairs, Pair.from_dict)[0]:
-        d = pair.to_dict()
-        for side in ("chosen_item", "rejected_item"):
-            d[side]["type"] = [swap[t] for t in d[side]["type"]]
-            d[side].pop("labels", None)  # the judge's labels would contradict the swapped types
-        flipped.append(d)
-    write_jsonl(out, flipped)
-    return out
-
-
 def step_train(plan: Plan, folder: Path, kind: str, base: Path, pairs: Path, seed: int, settings: DemoSettings) -> Path:
     """Preference-train ``kind`` (a key of :data:`MASKS`) through the XTuner plugin, then convert to a HF model."""
     work = folder / "train" / kind
@@ -300,7 +280,6 @@ def step_train(plan: Plan, folder: Path, kind: str, base: Path, pairs: Path, see
     work.mkdir(parents=True, exist_ok=True)
     if os.environ.get(FLIP_MASK_FOR_TESTS) == "1" and MASKS[kind] != "none":
         say(f"{FLIP_MASK_FOR_TESTS}=1: training {kind} with the mask reversed (test only)")
-        pairs = flipped_labels_pairs(pairs, work / "pairs-flipped-for-test.jsonl")
     env = {**os.environ, "MASKDPO_MODEL": str(base), "MASKDPO_PAIRS": str(pairs),
            "MASKDPO_EPOCHS": str(plan.dpo_epochs), "MASKDPO_LR": str(plan.dpo_lr),
            "MASKDPO_BATCH_SIZE": str(plan.dpo_batch_size), "MASKDPO_SAVE_STEPS": "1000000",
