@@ -401,7 +401,7 @@ def tokenize_rows(batch: dict, *, files: list[str], tokenizer: Any, max_length: 
             if error is not None:
                 out["status"][r], out["error"][r] = INVALID_PAIR, error[len(where) + 2:]
                 if with_ids and mask != "none":  # the ids do not depend on the mask: keep them for other modes
-                    (plain, plain_error), = _encode_chunk([(where, pair)], tokenizer, max_length, "none")
+                    ((plain, _),) = _encode_chunk([(where, pair)], tokenizer, max_length, "none")
                     if plain is not None:
                         encoded = plain
                 if encoded is None or not with_ids:
