@@ -21,6 +21,12 @@ imports; the cache on disk; the bytes another rank receives. A projection to
 memory; the cache's memory from its 2k→50k growth).
 
     python tools/bench_dataset.py [--sizes 2000,10000,50000] [--num-proc 1,2] [--tokenizer DIR] [--json out.json]
+
+Tokenizers keep their default threading (the in-memory path and ``num_proc=1``
+may use the Rust tokenizer's threads; ``datasets`` turns them off in forked
+workers); CPU seconds count every thread. The cache key includes the masking
+code, so run it on a tree nobody edits meanwhile (a rerun that tokenizes again
+is reported as an error), e.g. ``git archive HEAD | tar -x -C /tmp/snap``.
 """
 
 from __future__ import annotations
@@ -89,8 +95,8 @@ class PeakSampler(threading.Thread):
 def run_child(args: dict) -> dict:
     """Run one build in a fresh process; its JSON result plus tree CPU time and peak tree memory."""
     proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(args)], stdout=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-                                 "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1",
+                                 "HF_HUB_OFFLINE": "1"})
     sampler = PeakSampler(proc.pid)
     sampler.start()
     out = proc.stdout.read()
@@ -128,18 +134,20 @@ def child(args: dict) -> None:
         report = BuildReport()
         items = encode_pairs(read_pairs(args["pairs"], report=report), tok, args["max_length"], report=report)
         sent = len(pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL))  # the old builder broadcast the lists
-        kept, cache_mb = len(items), 0.0
+        kept, cache_mb, tokenized = len(items), 0.0, True
     else:
+        before = {p.name for p in Path(args["cache_dir"]).glob("*")} if Path(args["cache_dir"]).is_dir() else set()
         store = prepare_tokenized(args["pairs"], tok, args["max_length"], "both", cache_dir=args["cache_dir"],
                                   num_proc=args["num_proc"])
         dataset = open_pair_dataset(store, "both", args["pairs"])
         sent = len(pickle.dumps(dataset, protocol=pickle.HIGHEST_PROTOCOL))
         kept, cache_mb = len(dataset), store.size_bytes() / 2**20
+        tokenized = store.folder.name not in before
         dataset[len(dataset) - 1]  # one item read back from the memory-mapped files
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0 + _reaped_cpu() - reaped0  # this process and the workers it reaped
     print(json.dumps({"wall_s": wall, "cpu_s": cpu, "kept": kept, "sent_bytes": sent, "cache_mb": cache_mb,
-                      "baseline_mb": baseline}))
+                      "baseline_mb": baseline, "tokenized": tokenized}))
 
 
 def _reaped_cpu() -> float:
@@ -230,7 +238,9 @@ def bench(sizes, num_procs, max_length, tokenizer, workdir, json_out, child_args
                 args = {**base, "builder": "cache", "cache_dir": str(cache), "num_proc": p}
                 results[n][f"cache, num_proc={p}"] = run_child(args)
                 if p == procs[-1]:
-                    results[n]["cache, rerun"] = run_child(args)
+                    results[n]["cache, rerun"] = rerun = run_child(args)
+                    if rerun["tokenized"]:  # the key changed between the runs (code edited meanwhile?)
+                        raise RuntimeError(f"the rerun at {n} pairs tokenized again: its timing would be wrong")
                 if p != procs[-1]:
                     shutil.rmtree(cache, ignore_errors=True)
             for line in header + [fmt_row(name, n, r) for name, r in results[n].items()]:

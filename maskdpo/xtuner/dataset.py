@@ -478,7 +478,6 @@ def _publish(tmp: Path, final: Path) -> None:
 
 def _map(dataset, folder: Path, *, files, tokenizer, max_length, mask, with_ids, num_proc, key):
     """Run :func:`tokenize_rows` over ``dataset`` into Arrow shards in ``folder``; their names."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked workers each run their own tokenizer
     folder.mkdir(parents=True, exist_ok=True)
     num_proc = max(1, min(int(num_proc or 1), len(dataset)))
     kwargs = dict(files=files, tokenizer=tokenizer, max_length=max_length, mask=mask, with_ids=with_ids)
