@@ -28,7 +28,7 @@ from .base import ANNOTATORS, Annotator
 
 IDENTITY_FIELDS = ("samples", "questions", "annotator", "backend", "model", "prompts", "unparseable", "splitter",
                    "allow_unpinned_prompts",
-                   "max_new_tokens", "annotator_options")
+                   "max_new_tokens", "annotator_options", "server_profile")
 
 
 @dataclass
