@@ -124,10 +124,14 @@ def child(args: dict) -> None:
     from maskdpo.xtuner.dataset import BuildReport, encode_pairs, open_pair_dataset, prepare_tokenized, read_pairs
 
     tok = AutoTokenizer.from_pretrained(args["tokenizer"])
-    tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)  # compile the template
-    import datasets  # noqa: F401 - imported before the baseline, like everything the build needs
-    import pyarrow  # noqa: F401
-
+    # Warm up on a few pairs (lazy imports, the compiled template, first allocations), so the baseline
+    # holds everything but what depends on the number of pairs.
+    with tempfile.TemporaryDirectory() as warm:
+        few = Path(warm) / "pairs.jsonl"
+        with open(args["pairs"], encoding="utf-8") as handle, few.open("w", encoding="utf-8") as out:
+            out.writelines(line for _, line in zip(range(20), handle))
+        encode_pairs(read_pairs(str(few)), tok, args["max_length"])
+        pickle.dumps(open_pair_dataset(prepare_tokenized(str(few), tok, args["max_length"], cache_dir=warm), "both"))
     baseline = tree_pss_mb(os.getpid())
     t0, c0, reaped0 = time.perf_counter(), time.process_time(), _reaped_cpu()
     if args["builder"] == "in-memory":
