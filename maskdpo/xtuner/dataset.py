@@ -38,9 +38,10 @@ and open the same files; packing keeps row indices, not copies of items.
 
 Lines are read by byte offset and parsed with the project's readers
 (:func:`maskdpo.jsonl.parse_line`, :func:`maskdpo.records.parse_pair`) rather
-than with the Arrow JSON reader: that reader infers one schema per file, which
-our records do not have (a response is a string or a message list, spans and
-labels are optional), and it drops line numbers.
+than with ``datasets``' JSON loader: with datasets 5.0 that loader fails a whole
+file on a blank line ("Expected object or value") and on one malformed line
+("An error occurred while generating the dataset", no line named), and its row
+numbers are not the file's line numbers.
 """
 
 from __future__ import annotations
