@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from maskdpo.toyworld.demo import (FLIP_MASK_FOR_TESTS, MODELS, SPLITS, DemoSettings, Prepared, evaluate_model,
-                                   make_plan, step_train)
+from maskdpo.masking import FLIP_MASK_FOR_TESTS
+from maskdpo.toyworld.demo import MODELS, SPLITS, DemoSettings, Prepared, evaluate_model, make_plan, step_train
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,10 @@ def test_a_reversed_mask_falls_below_dpo(quick_demo, tmp_path, monkeypatch):
                     json.loads((seed_dir / "pairs-stats.json").read_text()))
     monkeypatch.setenv(FLIP_MASK_FOR_TESTS, "1")
     monkeypatch.setenv("MASKDPO_TOKENIZED_CACHE", str(tmp_path / "cache"))  # the switch is not in the cache key
-    model = step_train(plan, tmp_path, "maskdpo", prep.base, prep.pairs, 0, settings)
+    # skip_invalid: with the mask reversed, a chosen answer without a hallucinated sentence keeps no token
+    # (the data layer refuses such a pair unless told to skip it)
+    model = step_train(plan, tmp_path, "maskdpo", prep.base, prep.pairs, 0, settings,
+                       cfg_options=("train_dataloader.dataset.skip_invalid=True",))
     log = (tmp_path / "train" / "maskdpo" / "train.log").read_text()
     assert f"[tokenized cache {tmp_path / 'cache'}" in log  # tokenized afresh, with the reversed mask
     reversed_mask = evaluate_model(prep, "maskdpo-reversed", model, 0, tmp_path / "eval")

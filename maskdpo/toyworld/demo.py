@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from ..masking import FLIP_MASK_FOR_TESTS  # test only: reverses the mask (read in masking.keep_flags)
 from ..settings import knob, settings_dict, write_settings
 from .policy import PolicySettings
 from .rich import RichSettings
@@ -58,8 +57,9 @@ SPLIT_TITLES = {"train": "train", "test": "held-out people", "test_family": "hel
 CONFIGS = {"maskdpo": "maskdpo_tiny_cpu.py", "dpo": "dpo_tiny_cpu.py", "mask-chosen": "maskdpo_tiny_cpu.py",
            "mask-rejected": "maskdpo_tiny_cpu.py"}
 MASKS = {"maskdpo": "both", "dpo": "none", "mask-chosen": "chosen", "mask-rejected": "rejected"}
-# Measured minutes per seed at --threads 1 on a quiet core (docs/toyworld.md): (world, quick) -> minutes.
-MINUTES_PER_SEED = {("rich", True): 3.0, ("rich", False): 7.0, ("simple", True): 2.7, ("simple", False): 4.4}
+# Measured minutes per seed at --threads 1 on a 2-core machine shared with other jobs (docs/toyworld.md,
+# "Sizes and time"): (world, quick) -> minutes. A quiet machine is faster.
+MINUTES_PER_SEED = {("rich", True): 4.0, ("rich", False): 14.0, ("simple", True): 2.7, ("simple", False): 4.4}
 
 
 @dataclass
@@ -148,7 +148,7 @@ def resolve_threads(settings: DemoSettings) -> DemoSettings:
 
 
 def expected_minutes(settings: DemoSettings, runs_per_seed: int = 1) -> float:
-    """Rough wall time of the whole command on a quiet machine (measured per-seed minutes × seeds)."""
+    """Rough wall time of the whole command: measured minutes per seed (on a busy machine) × seeds."""
     return MINUTES_PER_SEED[(settings.world, settings.quick)] * settings.seeds * runs_per_seed
 
 
@@ -270,22 +270,24 @@ def run_logged(cmd: list[str], log: Path, env: dict, desc: str) -> None:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... failed with exit code {code}; log: {log}\n{tail}")
 
 
-def step_train(plan: Plan, folder: Path, kind: str, base: Path, pairs: Path, seed: int, settings: DemoSettings) -> Path:
-    """Preference-train ``kind`` (a key of :data:`MASKS`) through the XTuner plugin, then convert to a HF model."""
+def step_train(plan: Plan, folder: Path, kind: str, base: Path, pairs: Path, seed: int, settings: DemoSettings,
+               cfg_options: tuple[str, ...] = ()) -> Path:
+    """Preference-train ``kind`` (a key of :data:`MASKS`) through the XTuner plugin, then convert to a HF model.
+
+    ``cfg_options``: more ``key=value`` overrides of the XTuner config (tests).
+    """
     work = folder / "train" / kind
     hf = work / "hf"
     if (hf / ".complete").exists():
         return hf
     config = config_dir() / CONFIGS[kind]
     work.mkdir(parents=True, exist_ok=True)
-    if os.environ.get(FLIP_MASK_FOR_TESTS) == "1" and MASKS[kind] != "none":
-        say(f"{FLIP_MASK_FOR_TESTS}=1: training {kind} with the mask reversed (test only)")
     env = {**os.environ, "MASKDPO_MODEL": str(base), "MASKDPO_PAIRS": str(pairs),
            "MASKDPO_EPOCHS": str(plan.dpo_epochs), "MASKDPO_LR": str(plan.dpo_lr),
            "MASKDPO_BATCH_SIZE": str(plan.dpo_batch_size), "MASKDPO_SAVE_STEPS": "1000000",
            "OMP_NUM_THREADS": str(settings.threads), "TOKENIZERS_PARALLELISM": "false"}
     options = ["--cfg-options", f"randomness.seed={seed}", f"model.beta={settings.beta}",
-               f"train_dataloader.dataset.mask={MASKS[kind]}"]
+               f"train_dataloader.dataset.mask={MASKS[kind]}", *cfg_options]
     for old in work.glob("iter_*.pth"):  # a killed run's partial checkpoints: train again from the base
         old.unlink()
     run_logged([sys.executable, "-m", "xtuner.tools.train", str(config), "--work-dir", str(work), *options],
@@ -541,8 +543,8 @@ def announce(settings: DemoSettings, runs_per_seed: float = 1.0) -> None:
     """Say up front how long the command should take and with how many threads."""
     minutes = expected_minutes(settings) * runs_per_seed
     say(f"{settings.world} world{', quick' if settings.quick else ''}, {settings.seeds} seed(s), "
-        f"{settings.threads} torch thread(s): expect about {minutes:.0f} min on a quiet machine, more on a busy "
-        "one (finished steps of an earlier run are skipped)")
+        f"{settings.threads} torch thread(s): expect about {minutes:.0f} min (measured on a 2-core machine shared "
+        "with other jobs; less on a quiet one; finished steps of an earlier run are skipped)")
 
 
 def run_demo(settings: DemoSettings) -> dict[str, Path]:
