@@ -1,8 +1,9 @@
 """The toy world's base policy: a tiny Llama that knows the world imperfectly.
 
 It is trained (plain torch loop, answer tokens only) on answers in which each
-fact about a person is right with probability ``fame`` (see
-:func:`maskdpo.toyworld.world.training_answer`), so its own samples at the
+fact about a person is right with probability ``fame`` (simple world, see
+:func:`maskdpo.toyworld.world.training_answer`) or ``fame ** difficulty``
+(rich world, :func:`maskdpo.toyworld.rich.training_answer`), so its own samples at the
 paper's decoding (top-k 40, T 0.8) mix right and hallucinated sentences, more
 of the latter about obscure people. Saved with ``save_pretrained`` with its
 tokenizer and Llama-3-style chat template: the "instruct model" of the world.
@@ -17,6 +18,7 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .rich import RichWorld
 from .world import World, training_corpus
 
 
@@ -44,7 +46,7 @@ def _encode(tokenizer, prompt: list[dict], answer: str) -> tuple[list[int], list
     return ids, [-100] * len(prompt_ids) + ids[len(prompt_ids):]
 
 
-def train_base_policy(world: World, out_dir: str | os.PathLike, settings: PolicySettings = PolicySettings(),
+def train_base_policy(world: World | RichWorld, out_dir: str | os.PathLike, settings: PolicySettings = PolicySettings(),
                       progress: bool = True) -> Path:
     """Train the tiny base policy on ``world`` and save it to ``out_dir``. Returns ``out_dir``.
 
