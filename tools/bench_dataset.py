@@ -15,8 +15,9 @@ memory of that process and all its workers:
 Columns: wall time of the build call; CPU seconds of the build in the whole
 process tree (the child and the workers it reaped); pairs per CPU-second;
 peak memory of the process tree (sum of PSS, so pages forked workers share are
-counted once; sampled every 50 ms) and above the child's own baseline after
-imports; the cache on disk; the bytes another rank receives. A projection to
+counted once; sampled every 50 ms), the anonymous part of it (heap: without
+the memory-mapped files the kernel can drop), and the peak above the child's
+own baseline after a warm-up on 20 pairs; the cache on disk; the bytes another rank receives. A projection to
 1M pairs follows (linear in pairs for time, bytes and the in-memory path's
 memory; the cache's memory from its 2k→50k growth).
 
@@ -60,23 +61,28 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _pss_kb(pid: int) -> int:
+def _pss_kb(pid: int) -> tuple[int, int]:
+    """``(Pss, Pss_Anon)`` of one process in kB (anonymous: heap and stacks, not mapped files)."""
+    pss = anon = 0
     try:
         with open(f"/proc/{pid}/smaps_rollup") as handle:
             for line in handle:
                 if line.startswith("Pss:"):
-                    return int(line.split()[1])
+                    pss = int(line.split()[1])
+                elif line.startswith("Pss_Anon:"):
+                    anon = int(line.split()[1])
     except OSError:
         pass
-    return 0
+    return pss, anon
 
 
-def tree_pss_mb(pid: int) -> float:
-    """PSS of ``pid`` and all its descendants, in MB."""
+def tree_pss_mb(pid: int, anon_only: bool = False) -> float:
+    """PSS of ``pid`` and all its descendants, in MB (``anon_only``: without file-backed pages, such as
+    the memory-mapped cache, which the kernel can drop and reread)."""
     todo, total = [pid], 0
     while todo:
         p = todo.pop()
-        total += _pss_kb(p)
+        total += _pss_kb(p)[1 if anon_only else 0]
         todo += _children(p)
     return total / 1024
 
@@ -84,11 +90,12 @@ def tree_pss_mb(pid: int) -> float:
 class PeakSampler(threading.Thread):
     def __init__(self, pid: int, every: float = 0.05):
         super().__init__(daemon=True)
-        self.pid, self.every, self.peak, self.stop = pid, every, 0.0, threading.Event()
+        self.pid, self.every, self.peak, self.peak_anon, self.stop = pid, every, 0.0, 0.0, threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
             self.peak = max(self.peak, tree_pss_mb(self.pid))
+            self.peak_anon = max(self.peak_anon, tree_pss_mb(self.pid, anon_only=True))
             time.sleep(self.every)
 
 
@@ -110,6 +117,7 @@ def run_child(args: dict) -> dict:
     result["process_cpu_s"] = usage.ru_utime + usage.ru_stime  # with interpreter start and imports
     result["peak_mb"] = sampler.peak
     result["above_baseline_mb"] = sampler.peak - result["baseline_mb"]
+    result["peak_anon_mb"] = sampler.peak_anon
     return result
 
 
@@ -183,7 +191,8 @@ def write_pairs(path: Path, count: int) -> None:
 
 def fmt_row(name: str, n: int, r: dict) -> str:
     return (f"| {n:,} | {name} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {n / r['cpu_s']:.0f} | {r['peak_mb']:.0f} | "
-            f"{r['above_baseline_mb']:+.0f} | {r['cache_mb']:.0f} | {r['sent_bytes'] / 1e6:.3f} |")
+            f"{r['peak_anon_mb']:.0f} | {r['above_baseline_mb']:+.0f} | {r['cache_mb']:.0f} | "
+            f"{r['sent_bytes'] / 1e6:.4f} |")
 
 
 def project(results: dict, sizes: list[int], procs: list[int], target: int = 1_000_000) -> list[str]:
@@ -204,6 +213,8 @@ def project(results: dict, sizes: list[int], procs: list[int], target: int = 1_0
 @click.command()
 @click.option("--sizes", default="2000,10000,50000", show_default=True, help="Pair counts, comma-separated.")
 @click.option("--num-proc", "num_procs", default="1,2", show_default=True, help="num_proc values for the cold cache build.")
+@click.option("--builders", default="in-memory,cache", show_default=True,
+              help="Which builders to run (in-memory, cache), comma-separated.")
 @click.option("--max-length", type=int, default=1024, show_default=True)
 @click.option("--tokenizer", default=None, help="Tokenizer folder (default: SmolLM2-135M-Instruct's, from the tests' "
                                                 "model cache).")
@@ -211,7 +222,7 @@ def project(results: dict, sizes: list[int], procs: list[int], target: int = 1_0
                                                                                 "(default: a temporary folder).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the raw results.")
 @click.option("--child", "child_args", default=None, hidden=True)
-def bench(sizes, num_procs, max_length, tokenizer, workdir, json_out, child_args) -> None:
+def bench(sizes, num_procs, builders, max_length, tokenizer, workdir, json_out, child_args) -> None:
     """Time and size the in-memory builder and the tokenized cache at several pair counts."""
     if child_args:
         return child(json.loads(child_args))
@@ -227,7 +238,8 @@ def bench(sizes, num_procs, max_length, tokenizer, workdir, json_out, child_args
     workdir.mkdir(parents=True, exist_ok=True)
     click.echo(f"tokenizer: {tokenizer}; max_length {max_length}; {os.cpu_count()} CPUs; workdir {workdir}")
     header = ["| pairs | builder | build wall s | CPU s (tree) | pairs / CPU-s | peak memory MB (tree PSS) | "
-              "above baseline MB | cache MB | sent to each rank MB |", "|---|---|---|---|---|---|---|---|---|"]
+              "of it anonymous MB | above baseline MB | cache MB | sent to each rank MB |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     results: dict = {}
     try:
         for n in sizes:
@@ -235,8 +247,8 @@ def bench(sizes, num_procs, max_length, tokenizer, workdir, json_out, child_args
             if not pairs.exists():
                 write_pairs(pairs, n)
             base = {"tokenizer": tokenizer, "pairs": str(pairs), "max_length": max_length}
-            results[n] = {"in-memory": run_child({**base, "builder": "in-memory"})}
-            for p in procs:
+            results[n] = {"in-memory": run_child({**base, "builder": "in-memory"})} if "in-memory" in builders else {}
+            for p in procs if "cache" in builders else []:
                 cache = workdir / f"cache-{n}-np{p}"
                 shutil.rmtree(cache, ignore_errors=True)
                 args = {**base, "builder": "cache", "cache_dir": str(cache), "num_proc": p}
