@@ -28,6 +28,10 @@ from maskdpo.backends.lmdeploy import BackendUnavailable, LMDeployBackend, engin
 from maskdpo.backends.prompting import render_prompt, replica_seeds
 from tests.doubles import lmdeploy_double as double
 
+if os.environ.get("MASKDPO_REQUIRE_REAL_LMDEPLOY") != "1":
+    pytest.importorskip("lmdeploy", reason="the real lmdeploy package is in the inference environment "
+                                           "(scripts/ensure-env.sh infer)")
+
 ADA = [{"role": "user", "content": "Tell me about Ada Lovelace."}]
 EIFFEL = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is the Eiffel Tower?"}]
 
