@@ -186,3 +186,15 @@ def test_copy_cache_selects_rows_on_this_transformers_line(legacy):
     for i, (k, v) in enumerate(layers):
         ck, cv = _layer_kv(copied, i)
         assert torch.equal(ck, k.index_select(0, index)) and torch.equal(cv, v.index_select(0, index))
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_stop_strings_end_the_text(smollm2_model_dir, share_prefix):
+    from maskdpo.backends.base import finish_reason_of
+
+    backend = load_backend("hf", str(smollm2_model_dir), device="cpu", share_prefix=share_prefix)
+    (full,), = backend.generate([GenerationRequest(ADA, n=1)], Decoding.greedy(12))
+    assert finish_reason_of(full) == "length" and len(full) > 6, full
+    stop = full[3:6]  # a piece of what greedy decoding writes anyway
+    (cut,), = backend.generate([GenerationRequest(ADA, n=1)], Decoding.greedy(12, stop=(stop,)))
+    assert cut == full[:full.index(stop)].strip() and finish_reason_of(cut) == "stop"

@@ -222,6 +222,8 @@ class HFBackend:
                       pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_token_ids(),
                       bos_token_id=self.tokenizer.bos_token_id, num_beams=1,
                       repetition_penalty=decoding.repetition_penalty, no_repeat_ngram_size=0)
+        if decoding.stop:
+            common["stop_strings"] = list(decoding.stop)
         if decoding.do_sample:
             # min_p 0.0 (not None) keeps a model's min_p out; the no-op warper it builds is dropped
             # (_processor_hook).
@@ -270,17 +272,28 @@ class HFBackend:
                             texts[i * rows + (j if sample else 0)].finish_reason) for j in range(n)]
                 for i in range(len(chunk))]
 
-    def _completions(self, new_tokens: Any) -> list[Completion]:
-        """Decoded rows of generated ids; a row without an end-of-turn token ran out of tokens ("length")."""
+    def _completions(self, new_tokens: Any, stop: Sequence[str] = ()) -> list[Completion]:
+        """Decoded rows of generated ids; a row without an end-of-turn token or a stop string ran out of
+        tokens ("length"). A stop string ends the text and is not part of it (as with LMDeploy and servers)."""
         eos = set(self.eos_token_ids())
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        return [Completion(t, "stop" if eos.intersection(row.tolist()) else "length") for t, row in zip(texts, new_tokens)]
+        raw = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=False) if stop else texts
+        out = []
+        for text, full, row in zip(texts, raw, new_tokens):
+            stopped = any(s in full for s in stop)
+            cuts = [text.find(s) for s in stop if s in text]  # a special-token stop string is already gone
+            if cuts:
+                text = text[:min(cuts)]
+            out.append(Completion(text, "stop" if stopped or eos.intersection(row.tolist()) else "length"))
+        return out
 
     def _generate(self, decoding: Decoding, seeds: list[int] | None, rows: int, **inputs: Any):
         import torch
 
         config = self.generation_config(decoding, rows)
         extra = {"use_model_defaults": False} if self._takes_use_model_defaults else {}
+        if decoding.stop:
+            extra["tokenizer"] = self.tokenizer  # transformers needs it to match stop_strings
         with self._processor_hook(decoding, seeds), torch.no_grad():
             return self.lm.generate(**inputs, generation_config=config, **extra)
 
@@ -290,7 +303,7 @@ class HFBackend:
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
                              return_token_type_ids=False).to(self.device)
         out = self._generate(decoding, seeds, rows, **enc)
-        return self._completions(out[:, enc["input_ids"].shape[1]:])
+        return self._completions(out[:, enc["input_ids"].shape[1]:], decoding.stop)
 
     def _generate_shared(self, prompts: list[str], decoding: Decoding, seeds: list[int] | None) -> list[str]:
         """One row per prompt; a prefix shared by several rows is prefilled once and its KV cache copied.
@@ -331,7 +344,7 @@ class HFBackend:
         attention_mask = torch.cat([prefix_mask.index_select(0, index), suffix_mask], dim=1)
         out = self._generate(decoding, seeds, 1, input_ids=input_ids, attention_mask=attention_mask,
                              past_key_values=cache)
-        return self._completions(out[:, input_ids.shape[1]:])
+        return self._completions(out[:, input_ids.shape[1]:], decoding.stop)
 
     # ------------------------------------------------------------------ interface
 
