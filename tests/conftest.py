@@ -13,6 +13,12 @@ os.environ.setdefault("MASKDPO_PROTOCOL_BASE_URL", "http://127.0.0.1:9")
 
 from . import models  # noqa: E402
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _tokenized_cache(tmp_path_factory):
+    """Tokenized pair caches of a test session (and the training runs it starts) stay in its temporary folder."""
+    os.environ.setdefault("MASKDPO_TOKENIZED_CACHE", str(tmp_path_factory.mktemp("tokenized")))
+
 # The tests of the stages meant for the inference environment (sampling, annotation, evaluation,
 # masks, pairs, the generation backends). `make test` runs them twice: in the training environment
 # (transformers 4.48) with everything else, and with `-m inference` in the inference environment

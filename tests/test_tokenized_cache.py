@@ -293,3 +293,15 @@ def test_other_ranks_open_rank_0s_cache_through_xtuners_broadcast(tmp_path, tiny
     assert rank0["type"] == rank1["type"] == "PackedPairDataset"
     assert rank0["rows"] == rank1["rows"] and len(rank0["rows"]) > 1  # same packing, same items
     assert sorted(p for row in rank1["rows"] for p in row["pair_ids"]) == sorted(f"pair-{k}" for k in range(30))
+
+
+def test_the_masking_codes_environment_switch_is_part_of_the_key(tmp_path, tiny_tokenizer, monkeypatch):
+    from maskdpo.masking import FLIP_MASK_FOR_TESTS
+
+    path = str(write_pairs(tmp_path / "p.jsonl"))
+    plain = build_maskdpo_dataset(path, tiny_tokenizer, max_length=512)
+    monkeypatch.setenv(FLIP_MASK_FOR_TESTS, "1")
+    flipped = build_maskdpo_dataset(path, tiny_tokenizer, max_length=512, skip_invalid=True)
+    assert flipped.store.folder != plain.store.folder  # never served the other's labels
+    monkeypatch.delenv(FLIP_MASK_FOR_TESTS)
+    assert build_maskdpo_dataset(path, tiny_tokenizer, max_length=512)[0] == plain[0]

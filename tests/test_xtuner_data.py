@@ -41,7 +41,7 @@ def _side(sents, types, with_spans=True):
         start = text.index(s, pos)
         spans.append([start, start + len(s)])
         pos = start + len(s)
-    item = {"sents": sents, "type": types}
+    item = {"sents": list(sents), "type": list(types)}  # copies: tests edit records, never FACTS
     if with_spans:
         item["spans"] = spans
     return text, item

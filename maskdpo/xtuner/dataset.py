@@ -47,6 +47,7 @@ numbers are not the file's line numbers.
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import json
 import os
@@ -281,9 +282,12 @@ def encoding_code_digest() -> str:
 
 
 def cache_key(file_digests: Sequence[str], tokenizer_id: dict, max_length: int) -> str:
-    """The folder name of a tokenization: pair contents (in order), tokenizer, ``max_length``, code."""
+    """The folder name of a tokenization: pair contents (in order), tokenizer, ``max_length``, code, and the
+    one switch of the masking code read from the environment (a test-only mask reversal)."""
+    from ..masking import FLIP_MASK_FOR_TESTS
+
     payload = {"files": list(file_digests), "tokenizer": tokenizer_id["digest"], "max_length": int(max_length),
-               "code": encoding_code_digest()}
+               "code": encoding_code_digest(), "flip_mask_for_tests": os.environ.get(FLIP_MASK_FOR_TESTS)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -482,12 +486,21 @@ def _map(dataset, folder: Path, *, files, tokenizer, max_length, mask, with_ids,
     folder.mkdir(parents=True, exist_ok=True)
     num_proc = max(1, min(int(num_proc or 1), len(dataset)))
     kwargs = dict(files=files, tokenizer=tokenizer, max_length=max_length, mask=mask, with_ids=with_ids)
-    mapped = dataset.map(
-        tokenize_rows, batched=True, batch_size=ENCODE_BATCH * 4, fn_kwargs=kwargs, num_proc=num_proc if num_proc > 1 else None,
-        features=_features(with_ids), remove_columns=None if with_ids else dataset.column_names,
-        cache_file_name=str(folder / "part.arrow"), new_fingerprint=f"{key}-{mask}-{with_ids}",
-        desc=f"Tokenizing pairs (mask={mask})", load_from_cache_file=False,
-    )
+    if num_proc > 1:
+        # Forked workers share the parent's heap until written; the garbage collector walking it in each
+        # worker would copy it page by page. Frozen objects are left alone.
+        gc.freeze()
+    try:
+        mapped = dataset.map(
+            tokenize_rows, batched=True, batch_size=ENCODE_BATCH * 4, fn_kwargs=kwargs,
+            num_proc=num_proc if num_proc > 1 else None, features=_features(with_ids),
+            remove_columns=None if with_ids else dataset.column_names, cache_file_name=str(folder / "part.arrow"),
+            new_fingerprint=f"{key}-{mask}-{with_ids}", desc=f"Tokenizing pairs (mask={mask})",
+            load_from_cache_file=False,
+        )
+    finally:
+        if num_proc > 1:
+            gc.unfreeze()
     names = [Path(f["filename"]).name for f in mapped.cache_files]
     del mapped
     (folder / "shards.json").write_text(json.dumps(names))
