@@ -195,19 +195,37 @@ def fmt_row(name: str, n: int, r: dict) -> str:
             f"{r['sent_bytes'] / 1e6:.4f} |")
 
 
-def project(results: dict, sizes: list[int], procs: list[int], target: int = 1_000_000) -> list[str]:
-    """1M-pair numbers from the largest measured size (linear), and memory growth from the smallest to it."""
+def project(results: dict, sizes: list[int], target: int = 1_000_000) -> list[str]:
+    """1M-pair numbers: time, CPU, cache size and (for the in-memory path) bytes sent scale linearly from
+    the largest size; peak memory grows at its measured slope from the smallest to the largest size."""
     small, big = min(sizes), max(sizes)
     scale = target / big
-    lines = ["| builder | build time | CPU time | peak memory | cache on disk | sent to each rank |", "|---|---|---|---|---|---|"]
-    for name in results[big]:
+
+    def peak(name: str, key: str) -> float:
         r, r0 = results[big][name], results[small][name]
-        slope = max(0.0, (r["peak_mb"] - r0["peak_mb"]) / (big - small)) if big > small else 0.0  # MB per pair
-        peak = r["peak_mb"] + slope * (target - big)
-        lines.append(f"| {name} | {r['wall_s'] * scale / 60:.0f} min | {r['cpu_s'] * scale / 60:.0f} CPU-min | "
-                     f"{peak / 1024:.1f} GB | {r['cache_mb'] * scale / 1024:.1f} GB | "
-                     f"{r['sent_bytes'] * (scale if name == 'in-memory' else 1) / 1e6:.3g} MB |")
+        slope = max(0.0, (r[key] - r0[key]) / (big - small)) if big > small else 0.0  # MB per pair
+        return (r[key] + slope * (target - big)) / 1024
+
+    lines = ["| builder | build wall | CPU time | peak memory (tree PSS) | of it anonymous | cache on disk | "
+             "sent to each rank |", "|---|---|---|---|---|---|---|"]
+    for name, r in results[big].items():
+        lines.append(f"| {name} | {r['wall_s'] * scale / 60:.1f} min | {r['cpu_s'] * scale / 60:.1f} CPU-min | "
+                     f"{peak(name, 'peak_mb'):.1f} GB | {peak(name, 'peak_anon_mb'):.1f} GB | "
+                     f"{r['cache_mb'] * scale / 1024:.1f} GB | "
+                     f"{r['sent_bytes'] * (scale if name == 'in-memory' else 1) / 1e6:.4g} MB |")
     return lines
+
+
+def report(results: dict) -> None:
+    """The tables and the 1M projection of a run (also from ``--json`` output, with ``--report``)."""
+    sizes = sorted(results)
+    header = ["| pairs | builder | build wall s | CPU s (tree) | pairs / CPU-s | peak memory MB (tree PSS) | "
+              "of it anonymous MB | above baseline MB | cache MB | sent to each rank MB |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    click.echo("\n".join(header + [fmt_row(name, n, r) for n in sizes for name, r in results[n].items()]))
+    click.echo("")
+    click.echo(f"projected to 1,000,000 pairs (from {max(sizes):,}; memory growth from {min(sizes):,}):")
+    click.echo("\n".join(project(results, sizes)))
 
 
 @click.command()
@@ -221,11 +239,15 @@ def project(results: dict, sizes: list[int], procs: list[int], target: int = 1_0
 @click.option("--workdir", type=click.Path(path_type=Path), default=None, help="Where pair files and caches go "
                                                                                 "(default: a temporary folder).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the raw results.")
+@click.option("--report", "report_json", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Print the tables and the projection of an earlier --json output instead of measuring.")
 @click.option("--child", "child_args", default=None, hidden=True)
-def bench(sizes, num_procs, builders, max_length, tokenizer, workdir, json_out, child_args) -> None:
+def bench(sizes, num_procs, builders, max_length, tokenizer, workdir, json_out, report_json, child_args) -> None:
     """Time and size the in-memory builder and the tokenized cache at several pair counts."""
     if child_args:
         return child(json.loads(child_args))
+    if report_json:
+        return report({int(k): v for k, v in json.loads(report_json.read_text()).items()})
     if tokenizer is None:
         sys.path.insert(0, str(ROOT))
         from tests.models import smollm2_tokenizer_dir
@@ -263,10 +285,7 @@ def bench(sizes, num_procs, builders, max_length, tokenizer, workdir, json_out, 
                 click.echo(line)
             sys.stdout.flush()
         click.echo("")
-        click.echo("\n".join(header + [fmt_row(name, n, r) for n in sizes for name, r in results[n].items()]))
-        click.echo("")
-        click.echo(f"projected to 1,000,000 pairs (from {max(sizes):,}; memory growth from {min(sizes):,}):")
-        click.echo("\n".join(project(results, sizes, procs)))
+        report(results)
         if json_out:
             json_out.write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
     finally:
