@@ -18,8 +18,8 @@ and a digest of its tokens, used by the reference cache::
 with ``datasets``' ``map(batched=True, num_proc=N)`` over the project's exact
 masking code, and keeps the result as memory-mapped Arrow files (int32 ids and
 labels) in a folder named by a key: the pair files' content, the tokenizer
-(vocabulary, special tokens, chat template), ``max_length``, and the masking
-code itself. Another run, a resume, another rank or ``maskdpo ref-cache`` with
+(vocabulary, special tokens, chat template), ``max_length``, and the code that
+reads, masks and checks pairs (:data:`ENCODING_MODULES`). Another run, a resume, another rank or ``maskdpo ref-cache`` with
 the same key opens the files instead of tokenizing; ``maskdpo tokenize``
 builds the folder ahead of training. Layout::
 
@@ -30,7 +30,7 @@ builds the folder ahead of training. Layout::
 
 The ids do not depend on the mask mode, so the modes share them (each other
 mode adds its labels only; it checks its ids equal the stored ones). Every
-line is stored with a status (kept, invalid record, invalid pair, no signal),
+line is stored with a status (kept, invalid record, invalid pair, unusable pair),
 so ``drop_truncated`` and ``skip_invalid`` only choose rows when the cache is
 opened, and errors keep their ``file:line: field`` form on every open.
 Ranks other than 0 receive a few hundred bytes (the folder and the choices)
@@ -150,10 +150,10 @@ def encode_pairs(
     """Tokenize ``(where, pair)`` items into preference-dataset items, in memory.
 
     The reference the tokenized cache is tested against, and a handy path for a
-    few pairs. A pair whose spans cannot be mapped to tokens is an error naming
-    it (``skip_invalid`` counts it as rejected instead); a pair with no kept
-    token on either side carries no signal and is rejected; a pair longer than
-    ``max_length`` is truncated and kept, or rejected with ``drop_truncated``.
+    few pairs. A pair whose spans cannot be mapped to tokens, or that cannot
+    train (:func:`pair_problem`), is an error naming it (``skip_invalid`` counts
+    it as rejected instead); a pair longer than ``max_length`` is truncated and
+    kept, or rejected with ``drop_truncated`` (checked first).
     """
     check_mask_mode(mask)
     report = report if report is not None else BuildReport()
