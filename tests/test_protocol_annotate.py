@@ -22,7 +22,7 @@ from maskdpo import protocol
 from maskdpo.annotate.anah_v2 import (AnahV2Annotator, PromptFileError, UnparseableAnswer, official_sentence_text,
                                       parse_official)
 from maskdpo.annotate.run import AnnotateSettings, run_annotation
-from maskdpo.backends.base import Decoding
+from maskdpo.backends.base import Completion, Decoding
 from maskdpo.records import Annotation, Question, Sample
 from maskdpo.sample import settings_path
 from maskdpo.sentences import split_sentences
@@ -446,3 +446,30 @@ def test_the_report_says_which_measurement_each_annotator_made(cache):
     assert f"- a: ANAH annotations by `{official[0].annotator}` — the official ANAH-v2 measurement" in md
     assert f"- b: ANAH annotations by `{ours}` — not the official ANAH-v2 measurement (protocol maskdpo, " \
            "splitter maskdpo, prompts maskdpo)" in md
+
+
+class StrippingJudgeDouble(ScriptedAnahJudgeDouble):
+    """The scripted judge behind a backend's return convention: stripped text, unstripped ``raw``,
+    and finish_reason "length" for answers the script marks with a trailing "…" (cut off)."""
+
+    def generate(self, requests, decoding):
+        return [[Completion(a.strip(), "length" if a.endswith("…") else "stop", raw=a) for a in row]
+                for row in super().generate(requests, decoding)]
+
+
+def test_the_official_protocol_reads_the_judges_answer_unstripped(cache):
+    # eval.py compares `response == "<No Facts>"` and sends the answer back as the engine gave it.
+    script = dict(SCRIPT, **{"Hello there!": [" <No Facts>", "Nothing.\n", "<No Hallucination>"]})
+    judge = StrippingJudgeDouble(script)
+    annotator = AnahV2Annotator(backend=judge)
+    hello = annotator.annotate(samples()[:1], questions())[0].sentences[0]
+    assert hello.label == "ok" and hello.raw["answers"] == script["Hello there!"]
+    turn3 = next(r.messages for r in judge.calls[2] if "Hello there!" in r.messages[1]["content"])
+    assert turn3[2]["content"] == " <No Facts>" and turn3[4]["content"] == "Nothing.\n"
+
+
+def test_truncated_judge_answers_are_counted(cache, tmp_path):
+    script = dict(SCRIPT, **{"She lived on Mars.": ["<Facts>", "She lived in London and then…", "<Contradictory>"]})
+    annotator = AnahV2Annotator(backend=StrippingJudgeDouble(script))
+    annotator.annotate(samples()[:1], questions())
+    assert annotator.stats["judge_truncated"] == 1

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
-from ..backends.base import ChatBackend, Decoding, GenerationRequest, load_backend
+from ..backends.base import ChatBackend, Decoding, GenerationRequest, finish_reason_of, load_backend
 from ..labels import ANAH_LABELS
 from ..records import Annotation, Question, Sample, Sentence
 
@@ -300,6 +300,8 @@ class OfficialJudgeProtocol:
     name: str = OFFICIAL
     default_unparseable: str = "ok"  # the official score counts an unlabelled sentence as not hallucinated
     stop: tuple[str, ...] = JUDGE_STOP
+    # The official script compares (`== "<No Facts>"`) and feeds back the answer as the engine gave it.
+    unstripped_answers: bool = True
     languages: tuple[str, ...] = ("en", "zh")
 
     def provenance(self) -> str:
@@ -503,8 +505,11 @@ class AnahV2Annotator:
         answers = self.backend.generate([GenerationRequest(list(c.messages), n=1) for c in pending], self.decoding)
         self.stats["judge_calls"] += 1
         self.stats["judge_prompts"] += len(pending)
+        keep_raw = getattr(self.protocol, "unstripped_answers", False)
         for c, texts in zip(pending, answers):
-            answer = str(texts[0])
+            if finish_reason_of(texts[0]) == "length":
+                self.stats["judge_truncated"] += 1  # cut at max_new_tokens: parsed as it is, but reported
+            answer = str(getattr(texts[0], "raw", texts[0]) if keep_raw else texts[0])
             c.answers.append(answer)
             c.messages.append({"role": "assistant", "content": answer})
             outcome = self.protocol.parse(turn_index, answer, c.language)

@@ -88,12 +88,15 @@ class AnnotateSummary:
     unparseable: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)  # what the judge's backend reports (openai: profile, retries...)
+    truncated_answers: int = 0  # judge answers cut at max_new_tokens (finish_reason "length")
 
     def line(self) -> str:
         rate = self.sentences / self.seconds if self.seconds > 0 else 0.0
         labels = ", ".join(f"{k} {v}" for k, v in sorted(self.labels.items())) or "none"
         text = (f"{self.out}: {self.written} samples annotated ({self.sentences} sentences, {rate:.2f} sentences/s), "
                 f"{self.already_done} already there; labels: {labels}; unparseable judge answers: {self.unparseable}")
+        if self.truncated_answers:
+            text += f"; TRUNCATED judge answers (max_new_tokens reached): {self.truncated_answers}"
         return "\n".join([text] + [f"  {note}" for note in self.notes])
 
 
@@ -211,8 +214,9 @@ def run_annotation(settings: AnnotateSettings, annotator: Annotator | None = Non
                 bar.set_postfix(sentences_per_s=f"{sentences / max(time.perf_counter() - start, 1e-9):.1f}")
         stats = Counter(getattr(annotator, "stats", {}))
         unparseable = stats["unparseable"] - stats_before["unparseable"]
+        truncated = stats["judge_truncated"] - stats_before["judge_truncated"]
     judge = getattr(annotator, "backend", None)
     notes = judge.notes() if hasattr(judge, "notes") else []
     return AnnotateSummary(str(out), len(samples), written, already, sentences, dict(labels), unparseable,
-                           time.perf_counter() - start, notes)
+                           time.perf_counter() - start, notes, truncated)
 

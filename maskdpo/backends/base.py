@@ -65,10 +65,15 @@ class Completion(str):
     """
 
     finish_reason: str | None
+    # The text exactly as the engine produced it. Backends strip what they
+    # return, but the official ANAH-v2 protocol compares and feeds back the
+    # judge's answer unstripped, so the annotator reads this one.
+    raw: str
 
-    def __new__(cls, text: str, finish_reason: str | None = None) -> "Completion":
+    def __new__(cls, text: str, finish_reason: str | None = None, raw: str | None = None) -> "Completion":
         obj = super().__new__(cls, text)
         obj.finish_reason = finish_reason
+        obj.raw = text if raw is None else raw
         return obj
 
 

@@ -268,9 +268,8 @@ class HFBackend:
             texts = self._generate_shared([p for p in prompts for _ in range(rows)], decoding, seeds)
         else:
             texts = self._generate_plain(prompts, rows, decoding, seeds)
-        return [[Completion(texts[i * rows + (j if sample else 0)].strip(),
-                            texts[i * rows + (j if sample else 0)].finish_reason) for j in range(n)]
-                for i in range(len(chunk))]
+        picked = [[texts[i * rows + (j if sample else 0)] for j in range(n)] for i in range(len(chunk))]
+        return [[Completion(t.strip(), t.finish_reason, raw=str(t)) for t in row] for row in picked]
 
     def _completions(self, new_tokens: Any, stop: Sequence[str] = ()) -> list[Completion]:
         """Decoded rows of generated ids; a row without an end-of-turn token or a stop string ran out of

@@ -231,7 +231,7 @@ class LMDeployBackend:
                 f"LMDeploy failed on {describe_request(i, requests[i], j, seeds[k])} after "
                 f"{self.retries + 1} attempt(s): {failure_of(outputs[k])}"
                 + (f" ({len(failed) - 1} more prompt(s) of this batch failed too)" if len(failed) > 1 else ""))
-        texts = [Completion(o.text.strip(), o.finish_reason) for o in outputs]
+        texts = [Completion(o.text.strip(), o.finish_reason, raw=o.text) for o in outputs]
         results, k = [], 0
         for r in requests:
             results.append(texts[k:k + r.n])

@@ -72,8 +72,8 @@ class ServerCompletion(Completion):
 
     server: dict
 
-    def __new__(cls, text: str, finish_reason: str | None, server: dict) -> "ServerCompletion":
-        obj = super().__new__(cls, text, finish_reason)
+    def __new__(cls, text: str, finish_reason: str | None, server: dict, raw: str | None = None) -> "ServerCompletion":
+        obj = super().__new__(cls, text, finish_reason, raw)
         obj.server = server
         return obj
 
@@ -318,7 +318,7 @@ class OpenAIBackend:
             server["not_sent"] = not_sent
             with self._lock:
                 self.not_sent = not_sent
-        return [ServerCompletion(text.strip(), reason, server) for text, reason in texts]
+        return [ServerCompletion(text.strip(), reason, server, raw=text) for text, reason in texts]
 
     def _calls(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[int, int, int, int | None]]:
         """(request index, replica index, n of the call, seed) for every call, in request order."""
