@@ -144,7 +144,7 @@ def test_every_sentence_gets_exactly_the_official_conversation(cache):
     assert [s.label for s in zh.sentences] == EXPECTED_ZH
     sent = [r.messages for call in judge.calls for r in call]
     assert canonical(sent) == canonical(expected_requests())
-    assert all(d == Decoding.greedy(512, stop=("<|im_end|>",)) for d in judge.decodings)
+    assert all(d == Decoding.greedy(512, stop=("<|im_end|>", "<|action_end|>")) for d in judge.decodings)
     tea = en.sentences[-2]
     assert tea.raw == {"answers": SCRIPT["She liked tea."], "unparseable": "type"}  # counted, marked, label ok
     assert annotator.stats["unparseable"] == 1 and annotator.stats["sentences"] == 12

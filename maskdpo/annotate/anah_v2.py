@@ -67,7 +67,8 @@ NEXT = "next"
 PLACEHOLDERS = ("question", "document", "response", "sentence", "topic")
 UNPARSEABLE_RULES = ANAH_LABELS + ("error",)
 TURN_NAMES = ("facts", "reference", "type")
-JUDGE_STOP = ("<|im_end|>",)  # InternLM2's end of turn (LMDeploy 0.5.2's internlm2 stop word)
+# LMDeploy 0.5.2's internlm2 template stops on both: the end of a turn and the end of a tool call.
+JUDGE_STOP = ("<|im_end|>", "<|action_end|>")
 # The official answer matching (eval.py::process_question).
 OFFICIAL_NO_FACTS = ("<No Facts>", "<无事实>")
 OFFICIAL_NO_REFERENCE = ("noreferenceinformation", "无参考信息")
