@@ -132,6 +132,32 @@ def test_cli_reports_errors_without_a_traceback(tmp_path):
     assert "Traceback" not in result.output
 
 
+def kill_then_resume(cut: Path, common: list[str], whole: str) -> None:
+    """SIGKILL `tools/sample.py` once some, but not all, records are written; the rerun must resume
+    to exactly ``whole`` (the uninterrupted output)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    tool = [sys.executable, str(ROOT / "tools" / "sample.py")]
+    total = len(whole.splitlines())
+    proc = subprocess.Popen(tool + common + ["--out", str(cut)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            if cut.exists() and cut.read_text().count("\n") >= 10:
+                break
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done_before = cut.read_text().count("\n")
+    assert 10 <= done_before < total, done_before
+    rerun = subprocess.run(tool + common + ["--out", str(cut)], env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"{done_before} already there" in rerun.stdout
+    assert cut.read_text() == whole
+
+
 def test_kill_and_resume_gives_exactly_the_uninterrupted_records(tmp_path, tiny_llama_dir, tiny_backend):
     write_questions(tmp_path / "q.jsonl", 30)
     run_sampling(settings(tmp_path, tiny_llama_dir, out="whole.jsonl", max_new_tokens=12, batch_size=1), tiny_backend)
@@ -141,28 +167,7 @@ def test_kill_and_resume_gives_exactly_the_uninterrupted_records(tmp_path, tiny_
 
     common = ["--questions", str(tmp_path / "q.jsonl"), "--model", str(tiny_llama_dir), "--n", "3",
               "--max-new-tokens", "12", "--batch-size", "1", "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    tool = [sys.executable, str(ROOT / "tools" / "sample.py")]
-    cut = tmp_path / "cut.jsonl"
-    proc = subprocess.Popen(tool + common + ["--out", str(cut)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline:  # kill once some, but not all, records are written
-            if cut.exists() and cut.read_text().count("\n") >= 10:
-                break
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    done_before = cut.read_text().count("\n")
-    assert 10 <= done_before < total, done_before
-
-    rerun = subprocess.run(tool + common + ["--out", str(cut)], env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert f"{done_before} already there" in rerun.stdout
-    assert cut.read_text() == whole
+    kill_then_resume(tmp_path / "cut.jsonl", common, whole)
 
 
 # ---------------------------------------------------------------- the openai backend (a real server on 127.0.0.1)
@@ -256,27 +261,7 @@ def test_kill_and_resume_through_a_server_gives_exactly_the_uninterrupted_record
 
     common = ["--questions", str(tmp_path / "q.jsonl"), "--model", "tiny", "--backend", "openai", "--base-url",
               server.base_url, "--n", "3", "--max-new-tokens", "12", "--concurrency", "4"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    tool = [sys.executable, str(ROOT / "tools" / "sample.py")]
-    cut = tmp_path / "cut.jsonl"
-    proc = subprocess.Popen(tool + common + ["--out", str(cut)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline:  # kill once some, but not all, records are written
-            if cut.exists() and cut.read_text().count("\n") >= 10:
-                break
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    done_before = cut.read_text().count("\n")
-    assert 10 <= done_before < 90, done_before
-
-    rerun = subprocess.run(tool + common + ["--out", str(cut)], env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert f"{done_before} already there" in rerun.stdout
-    assert cut.read_text() == whole
+    kill_then_resume(tmp_path / "cut.jsonl", common, whole)
 
 
 def test_ctrl_c_stops_sampling_at_once_and_the_rerun_resumes(tmp_path, server):
