@@ -59,7 +59,7 @@ CONFIGS = {"maskdpo": "maskdpo_tiny_cpu.py", "dpo": "dpo_tiny_cpu.py", "mask-cho
 MASKS = {"maskdpo": "both", "dpo": "none", "mask-chosen": "chosen", "mask-rejected": "rejected"}
 # Measured minutes per seed at --threads 1 on a 2-core machine shared with other jobs (docs/toyworld.md,
 # "Sizes and time"): (world, quick) -> minutes. A quiet machine is faster.
-MINUTES_PER_SEED = {("rich", True): 4.0, ("rich", False): 14.0, ("simple", True): 2.7, ("simple", False): 4.4}
+MINUTES_PER_SEED = {("rich", True): 3.5, ("rich", False): 8.0, ("simple", True): 2.0, ("simple", False): 2.5}
 
 
 @dataclass
