@@ -1,5 +1,8 @@
 """A generated knowledge world: people in families, questions about them, reference documents.
 
+This is the simple world (``maskdpo demo --world simple``); the default, richer
+one is :mod:`maskdpo.toyworld.rich`. :func:`load_world` reads either.
+
 The world models the two properties of real knowledge that Mask-DPO relies on
 (the paper's "knowledge topology"):
 
