@@ -106,3 +106,16 @@ def test_the_test_only_switch_reverses_the_mask_in_keep_flags(monkeypatch):
     assert keep_flags(item, "rejected", "chosen") == [True, True, True]  # an unmasked side stays unmasked
     assert keep_flags(item, "chosen", "none") == [True, True, True]
     assert FLIP_MASK_FOR_TESTS == "MASKDPO_TEST_ONLY_FLIP_MASK"
+
+
+def test_a_folder_of_one_world_refuses_the_other(tmp_path):
+    from maskdpo.toyworld.demo import step_world
+    from maskdpo.toyworld.world import load_world
+
+    rich = make_plan(DemoSettings(out=tmp_path, quick=True), 0)
+    path = step_world(rich, tmp_path)
+    assert load_world(path).kind == "rich"
+    assert sorted(p.name for p in tmp_path.glob("questions-*.jsonl")) == [
+        "questions-test.jsonl", "questions-test_family.jsonl", "questions-train.jsonl"]
+    with pytest.raises(ValueError, match="a rich world, but this run asks for --world simple; use another --out"):
+        step_world(make_plan(DemoSettings(out=tmp_path, quick=True, world="simple"), 0), tmp_path)
