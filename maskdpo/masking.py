@@ -124,7 +124,7 @@ def check_mask_mode(mask: str) -> str:
 
 # Test only, never a user option: "1" reverses the mask (keep the chosen side's hallucinated sentences and
 # the rejected side's correct ones), so a test can prove the toy-world check catches a reversed mask.
-# Not part of the tokenized cache's key: a test that sets it uses its own MASKDPO_TOKENIZED_CACHE.
+# The tokenized cache puts its value in the cache key (maskdpo.xtuner.dataset).
 FLIP_MASK_FOR_TESTS = "MASKDPO_TEST_ONLY_FLIP_MASK"
 
 

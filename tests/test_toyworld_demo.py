@@ -86,7 +86,7 @@ def test_a_reversed_mask_falls_below_dpo(quick_demo, tmp_path, monkeypatch):
     prep = Prepared(plan, seed_dir, seed_dir / "world.json", seed_dir / "base", seed_dir / "pairs.jsonl",
                     json.loads((seed_dir / "pairs-stats.json").read_text()))
     monkeypatch.setenv(FLIP_MASK_FOR_TESTS, "1")
-    monkeypatch.setenv("MASKDPO_TOKENIZED_CACHE", str(tmp_path / "cache"))  # the switch is not in the cache key
+    monkeypatch.setenv("MASKDPO_TOKENIZED_CACHE", str(tmp_path / "cache"))  # a cache of its own: nothing reused
     # skip_invalid: with the mask reversed, a chosen answer without a hallucinated sentence keeps no token
     # (the data layer refuses such a pair unless told to skip it)
     model = step_train(plan, tmp_path, "maskdpo", prep.base, prep.pairs, 0, settings,
