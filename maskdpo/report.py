@@ -82,17 +82,20 @@ def _fact_count(value: float | None) -> str:
 
 def _protocol_remark(annotator: str) -> str:
     """What an ANAH-v2 annotator id (``AnahV2Annotator.annotator_id``) says about the measurement."""
-    from .protocol import PROMPTS, pin_of_kind
+    from .protocol import CHAT_TEMPLATE, PROMPTS, pin_of_kind
 
     fields = dict(part.split("=", 1) for part in annotator.split() if "=" in part)
     if "protocol" not in fields:
         return ""
-    official = (fields.get("protocol") == "official" and fields.get("splitter") == "anah-v2"
-                and fields.get("prompts_sha256") == pin_of_kind(PROMPTS).sha256)
-    if official:
+    # Everything eval.py fixes: its prompts, LMDeploy 0.5.2's system message, its splitter, an unlabelled
+    # answer counted as not hallucinated, and the engine's default answer length.
+    official = {"protocol": "official", "splitter": "anah-v2", "prompts_sha256": pin_of_kind(PROMPTS).sha256,
+                "system_sha256": pin_of_kind(CHAT_TEMPLATE).sha256, "unparseable": "ok", "max_new_tokens": "512"}
+    differs = [f"{k} {fields.get(k, 'unrecorded')}" for k, v in official.items() if fields.get(k) != v]
+    if not differs:
         return " — the official ANAH-v2 measurement (pinned official prompts and system message, official splitter)"
-    return (f" — not the official ANAH-v2 measurement (protocol {fields.get('protocol')}, splitter "
-            f"{fields.get('splitter')}, prompts {fields.get('prompts')}): not comparable with the paper's numbers")
+    return (f" — not the official ANAH-v2 measurement ({', '.join(differs)}): "
+            f"not comparable with the paper's numbers")
 
 
 def table1_markdown(report: dict) -> str:
@@ -109,6 +112,11 @@ def table1_markdown(report: dict) -> str:
         if a:
             notes += [f"{m['name']}: ANAH annotations by `{annotator}`{_protocol_remark(annotator)}"
                       for annotator in a.get("annotators", [])]
+        if a and a["runs"] == 1:
+            rounded = f"{a['per_run'][0]['exact_score']:.2f}"
+            if rounded != f"{a['score']:.2f}":
+                notes.append(f"{m['name']}: ANAH-v2's eval.py prints {rounded} for the same counts "
+                             f"(it rounds; the table truncates, as the paper's tables do).")
         if a and a["unparseable"]:
             notes.append(f"{m['name']}: {format_count(a['unparseable'])} ANAH judge answers were unparseable "
                          f"(mean per run).")

@@ -61,7 +61,7 @@ def test_every_branch_in_english_and_chinese():
     assert annotator.stats["unparseable"] == 1 and annotator.stats["sentences"] == 9
     digest = hashlib.sha256(PROMPTS_PATH.read_bytes()).hexdigest()
     assert en.annotator == (f"anah-v2 protocol=maskdpo prompts=maskdpo prompts_version=maskdpo-anah-v2-prompts@2 "
-                            f"prompts_sha256={digest} splitter=anah-v2 unparseable=unverifiable "
+                            f"prompts_sha256={digest} splitter=anah-v2 unparseable=unverifiable max_new_tokens=512 "
                             "judge=scripted-anah-judge-double")
     assert all(not d.do_sample and d.stop == () for d in judge.decodings)  # greedy judge
 

@@ -188,7 +188,7 @@ def test_annotator_id_names_protocol_prompts_and_splitter(cache):
     assert annotator.annotator_id == (
         f"anah-v2 protocol=official prompts=official prompts_sha256={prompts_sha} "
         f"system=lmdeploy-0.5.2:InternLMChat7B.meta_instruction system_sha256={model_sha} "
-        "splitter=anah-v2 unparseable=ok judge=scripted-anah-judge-double")
+        "splitter=anah-v2 unparseable=ok max_new_tokens=512 judge=scripted-anah-judge-double")
     other = AnahV2Annotator(backend=ScriptedAnahJudgeDouble(SCRIPT), splitter="maskdpo", prompts="maskdpo")
     assert "protocol=maskdpo" in other.annotator_id and "splitter=maskdpo" in other.annotator_id
 
@@ -445,7 +445,39 @@ def test_the_report_says_which_measurement_each_annotator_made(cache):
                                        ModelResult("b", anah=anah_runs([relabelled]))]))
     assert f"- a: ANAH annotations by `{official[0].annotator}` — the official ANAH-v2 measurement" in md
     assert f"- b: ANAH annotations by `{ours}` — not the official ANAH-v2 measurement (protocol maskdpo, " \
-           "splitter maskdpo, prompts maskdpo)" in md
+           "splitter maskdpo, prompts_sha256 " in md
+
+
+@pytest.mark.parametrize("options,differs", [
+    (dict(unparseable="unverifiable"), "unparseable unverifiable"),  # eval.py counts an unlabelled answer as ok
+    (dict(max_new_tokens=256), "max_new_tokens 256"),
+])
+def test_the_report_names_what_makes_a_run_unofficial(cache, options, differs):
+    from maskdpo.metrics.anah import anah_runs
+    from maskdpo.report import build_report, table1_markdown, ModelResult
+
+    run = AnahV2Annotator(backend=ScriptedAnahJudgeDouble(SCRIPT), **options).annotate(samples(), questions())
+    md = table1_markdown(build_report([ModelResult("m", anah=anah_runs([run]))]))
+    assert f"not the official ANAH-v2 measurement ({differs}): not comparable" in md
+
+
+def test_the_report_gives_eval_pys_rounding_where_it_differs_from_the_paper_truncation(cache):
+    from maskdpo.metrics.anah import anah_runs
+    from maskdpo.report import build_report, table1_markdown, ModelResult
+
+    def run(labels):  # one response whose sentences carry ``labels``
+        text = " ".join(f"Fact number {i}." for i in range(len(labels)))
+        spans = split_sentences(text, "en")
+        sample = samples()[0]
+        sents = [{"text": text[a:b], "start": a, "end": b, "label": lab, "raw": {}} for (a, b), lab in zip(spans, labels)]
+        return [Annotation.from_dict({**sample.to_dict(), "response": text, "sentences": sents,
+                                      "format": "maskdpo/annotation@1", "annotator": "anah-v2 protocol=official"})]
+
+    six_of_fourteen = run(["ok"] * 6 + ["contradictory"] * 8)  # 42.857…: eval.py 42.86, truncated 42.85
+    md = table1_markdown(build_report([ModelResult("m", anah=anah_runs([six_of_fourteen]))]))
+    assert "| m | 6 | 8 | 42.85 |" in md and "eval.py prints 42.86 for the same counts" in md
+    half = run(["ok", "contradictory"])
+    assert "eval.py prints" not in table1_markdown(build_report([ModelResult("m", anah=anah_runs([half]))]))
 
 
 class StrippingJudgeDouble(ScriptedAnahJudgeDouble):

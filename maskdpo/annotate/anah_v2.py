@@ -464,7 +464,7 @@ class AnahV2Annotator:
     def annotator_id(self) -> str:
         """Recorded in every annotation: protocol, prompt source and sha256, splitter rules, judge model."""
         return (f"anah-v2 {self.protocol.provenance()} splitter={self.splitter} unparseable={self.unparseable} "
-                f"judge={self.backend.model}")
+                f"max_new_tokens={self.decoding.max_new_tokens} judge={self.backend.model}")
 
     # ------------------------------------------------------------------ checks
 
