@@ -54,6 +54,8 @@ class SampleSettings:
     batch_size: int = knob(16, "hf, lmdeploy: questions per backend call (and per write). The openai backend "
                                "streams: each question is written as soon as it is complete.")
     device: str = knob("auto", "hf backend: auto, cpu or cuda.")
+    trust_remote_code: bool = knob(False, "hf and lmdeploy backends: run the model repository's own code "
+                                          "(needed by repos that ship their modeling code, e.g. InternLM2).")
     tp: int = knob(1, "lmdeploy backend: GPUs for tensor parallelism.")
     engine: str = knob("turbomind", "lmdeploy backend: turbomind or pytorch.")
     base_url: Optional[str] = knob(None, "openai backend: server URL, e.g. http://127.0.0.1:23333/v1 "
@@ -149,8 +151,11 @@ def decoding_of(settings: SampleSettings) -> Decoding:
 
 def backend_options(backend: str, settings: Any) -> dict:
     """The options each backend takes from a stage's settings."""
+    common = {}
+    if getattr(settings, "trust_remote_code", None) is not None:  # one switch for hf and lmdeploy alike
+        common["trust_remote_code"] = settings.trust_remote_code
     if backend == "hf":
-        return {"device": settings.device, "batch_size": settings.batch_size}
+        return {"device": settings.device, "batch_size": settings.batch_size, **common}
     if backend == "openai":
         options = {"base_url": settings.base_url, "api_key": settings.api_key, "concurrency": settings.concurrency}
         # Stages that do not declare a knob get the backend's default.
@@ -159,7 +164,7 @@ def backend_options(backend: str, settings: Any) -> dict:
                 options[name] = getattr(settings, name)
         return options
     if backend == "lmdeploy":
-        return {"tp": settings.tp, "engine": settings.engine}
+        return {"tp": settings.tp, "engine": settings.engine, **common}
     return {}
 
 

@@ -22,3 +22,19 @@ def test_end_to_end_steps_pass_the_knobs_to_sampling_and_annotation(tmp_path):
                   _annotate_settings(settings, Path("s"), Path("q"), Path("o"))):
         options = backend_options("openai", stage)
         assert (options["server_profile"], options["max_retries"], options["timeout"]) == ("extended", 2, 5.0)
+
+
+def test_trust_remote_code_is_one_switch_for_the_hf_and_lmdeploy_backends(tmp_path):
+    from click.testing import CliRunner
+
+    from maskdpo.annotate.run import AnnotateSettings
+    from maskdpo.commands.annotate import annotate
+    from maskdpo.sample import SampleSettings
+
+    judge = AnnotateSettings()  # the default judge (InternLM2) ships its modeling code
+    policy = SampleSettings()  # an arbitrary policy model: no remote code unless asked
+    for backend in ("hf", "lmdeploy"):
+        assert backend_options(backend, judge)["trust_remote_code"] is True
+        assert backend_options(backend, policy)["trust_remote_code"] is False
+    assert "trust_remote_code" not in backend_options("openai", judge)
+    assert "--no-trust-remote-code" in CliRunner().invoke(annotate, ["--help"]).output

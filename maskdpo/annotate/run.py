@@ -58,6 +58,8 @@ class AnnotateSettings:
     limit: Optional[int] = knob(None, "Use only the first LIMIT samples (for trials).")
     shard: str = knob("0/1", "K/N: take the K-th (0-based) of N contiguous blocks of the samples.")
     device: str = knob("auto", "hf backend: auto, cpu or cuda.")
+    trust_remote_code: bool = knob(True, "hf and lmdeploy backends: run the judge repository's own code "
+                                         "(opencompass/anah-v2 is InternLM2, whose modeling code ships in the repo).")
     tp: int = knob(1, "lmdeploy backend: GPUs for tensor parallelism.")
     engine: str = knob("turbomind", "lmdeploy backend: turbomind or pytorch.")
     base_url: Optional[str] = knob(None, "openai backend: server URL (default: $OPENAI_BASE_URL).")
