@@ -128,6 +128,19 @@ def check_mask_mode(mask: str) -> str:
 FLIP_MASK_FOR_TESTS = "MASKDPO_TEST_ONLY_FLIP_MASK"
 
 
+def _warn_flipped_mask() -> None:
+    """Say it once per process: a reversed mask must never train a model unnoticed."""
+    global _FLIP_WARNED
+    if not _FLIP_WARNED:
+        _FLIP_WARNED = True
+        import sys
+        print(f"maskdpo: WARNING: {FLIP_MASK_FOR_TESTS}=1: Mask-DPO masks are REVERSED "
+              "(a test-only switch; unset it for real training)", file=sys.stderr)
+
+
+_FLIP_WARNED = False
+
+
 def keep_flags(item: PairItem, side: str, mask: str) -> list[bool]:
     """Per sentence, whether its tokens count in the loss.
 
@@ -138,6 +151,7 @@ def keep_flags(item: PairItem, side: str, mask: str) -> list[bool]:
         return [True] * len(item.type)
     wanted = CORRECT if side == "chosen" else HALLUCINATED
     if _os.environ.get(FLIP_MASK_FOR_TESTS) == "1":  # test only: the bug the toy-world check must catch
+        _warn_flipped_mask()
         wanted = HALLUCINATED if wanted == CORRECT else CORRECT
     return [t == wanted for t in item.type]
 

@@ -457,3 +457,17 @@ def test_realistic_answers_are_exact_per_character(which, smollm2_tokenizer_dir)
             assert kept == expected - mixed, (pair.id, side, [response[c] for c in sorted(kept ^ (expected - mixed))])
             if languages[side] == "en":
                 assert not mixed, (pair.id, side, [response[c] for c in sorted(mixed)])
+
+
+def test_the_test_only_mask_reversal_is_announced(monkeypatch, capsys):
+    from maskdpo import masking
+    from maskdpo.masking import keep_flags
+    from maskdpo.records import PairItem
+
+    item = PairItem(sents=["A.", "B."], type=["no_hallucination", "hallucination"], spans=None)
+    assert keep_flags(item, "chosen", "both") == [True, False]
+    monkeypatch.setattr(masking, "_FLIP_WARNED", False)
+    monkeypatch.setenv(masking.FLIP_MASK_FOR_TESTS, "1")
+    assert keep_flags(item, "chosen", "both") == [False, True]
+    keep_flags(item, "rejected", "both")
+    assert capsys.readouterr().err.count("masks are REVERSED") == 1  # once per process
