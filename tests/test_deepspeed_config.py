@@ -40,13 +40,13 @@ def test_paper_command_resolves_deepspeed_zero3(monkeypatch, tmp_path):
 
     built = {}
 
-    class CapturingRunners:
+    class CapturingRunnersDouble:
         @staticmethod
         def build(cfg):
             built["cfg"] = cfg
             raise RunnerReached
 
-    monkeypatch.setattr(train, "RUNNERS", CapturingRunners)
+    monkeypatch.setattr(train, "RUNNERS", CapturingRunnersDouble)
     # XTuner settles DeepSpeed's "auto" dtypes by asking the device; this CPU stands in for a bf16 GPU
     # (torch.cpu has no is_bf16_supported, so XTuner's code path cannot run on the CPU as it is).
     import xtuner.tools.utils as tool_utils

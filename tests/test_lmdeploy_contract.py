@@ -108,7 +108,7 @@ def test_the_hf_chat_template_is_the_tokenizer_template_and_stops_on_its_end_tok
 # ---------------------------------------------------------------- requests and responses
 
 
-class RecordingPipeline:
+class RecordingPipelineDouble:
     """Stands in for the engine only: LMDeploy's own request generator and ``Response`` class do the rest.
 
     ``script`` lists, per call, the finish reason of each response ("stop",
@@ -157,7 +157,7 @@ def _backend(lm, monkeypatch, model_dir, script, **options):
                                             chat_template_config=chat_template_config,
                                             trust_remote_code=trust_remote_code, **kwargs)
         assert type(chat_template_config) is lm.ChatTemplateConfig
-        pipes.append(RecordingPipeline(lm, backend_config, script))
+        pipes.append(RecordingPipelineDouble(lm, backend_config, script))
         return pipes[-1]
 
     monkeypatch.setattr(backend_module, "cuda_available", lambda: True)
@@ -204,14 +204,14 @@ def test_the_silent_engine_switch_is_refused(lm, monkeypatch, tiny_llama_dir):
     for name in ("tp", "session_len", "cache_max_entry_count", "enable_prefix_caching", "dtype"):
         assert getattr(mirrored, name) == getattr(used, name), name
 
-    class SwitchingPipeline(RecordingPipeline):
+    class SwitchingPipelineDouble(RecordingPipelineDouble):
         def __init__(self, lm, backend_config, script):
             super().__init__(lm, autoget_backend_config(str(tiny_llama_dir), backend_config)[1], script)
 
     monkeypatch.setattr(backend_module, "cuda_available", lambda: True)
     made = []
     monkeypatch.setattr(lm, "pipeline", lambda path, backend_config=None, **kw: made.append(
-        SwitchingPipeline(lm, backend_config, [])) or made[-1])
+        SwitchingPipelineDouble(lm, backend_config, [])) or made[-1])
     with pytest.raises(BackendUnavailable, match="switched from the turbomind engine to the pytorch engine"):
         LMDeployBackend(str(tiny_llama_dir))
     assert made[0].closed
