@@ -18,10 +18,12 @@ rejected one (``meta.preference`` says which, ``meta.source`` and
 ``meta.row`` where it came from). ``maskdpo pairs`` then orders them by
 their annotated scores, which may disagree with the dataset's preference.
 
-Sources: a local ``.jsonl`` file is read with the project's reader (errors
-name ``file:line: field``); anything else — a Hub dataset name, a local
-dataset folder, ``.json``/``.parquet``/``.csv`` files — goes through
-``datasets.load_dataset`` (errors name ``source[split] row N: field``).
+Sources: local JSON — a ``.jsonl`` or ``.json`` file, or a dataset folder of
+them — is read with the project's reader (errors name ``file:line: field``);
+anything else — a Hub dataset name, ``.parquet``/``.csv`` files, a folder of
+them — goes through ``datasets.load_dataset`` (errors name ``source[split]
+row N: field``, and a source it cannot read is one error naming it). See
+:mod:`maskdpo.hfdata`.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .hfdata import iter_hf_rows
-from .jsonl import FieldError, ReadStats, RecordError, dump_line, iter_jsonl
+from .jsonl import FieldError, ReadStats, RecordError, dump_line
 from .records import LANGUAGES, Question, Sample, parse_messages
+from .validate import EmptyInput, check_output_dir
 
 BACKEND = "imported"
 
@@ -124,49 +127,46 @@ class ImportStats:
         return text
 
 
-def is_local_jsonl(source: str) -> bool:
-    return source.endswith(".jsonl") and os.path.isfile(source)
-
-
 def iter_rows(source: str, split: str | None = None, config: str | None = None, *, skip_invalid: bool = False,
               stats: ReadStats | None = None) -> Iterator[tuple[str, Any]]:
-    """``(where, row)`` for every row of ``source``.
-
-    A local ``.jsonl`` file is read with the project's reader (``where`` =
-    ``file:line``; a malformed line is an error, or counted in ``stats`` with
-    ``skip_invalid``); anything else is opened with ``datasets.load_dataset``
-    (``where`` = ``source[split] row N``, N from 0).
-    """
-    if is_local_jsonl(source):
-        for lineno, obj in iter_jsonl(source, skip_invalid=skip_invalid, stats=stats, with_lines=True):
-            yield f"{source}:{lineno}", obj
-        return
-    yield from iter_hf_rows(source, split, config)
+    """``(where, row)`` for every row of ``source`` (:func:`maskdpo.hfdata.iter_hf_rows`): ``where`` is
+    ``file:line`` for local JSON (a malformed line is an error, or counted in ``stats`` with
+    ``skip_invalid``), ``source[split] row N`` for what ``datasets`` reads."""
+    yield from iter_hf_rows(source, split, config, skip_invalid=skip_invalid, stats=stats)
 
 
 def import_preferences(source: str, out_dir: str | os.PathLike, *, split: str | None = None, config: str | None = None,
                        limit: int | None = None, language: str = "en", topic_field: str | None = None,
-                       document_field: str | None = None, skip_invalid: bool = False) -> ImportStats:
+                       document_field: str | None = None, skip_invalid: bool = False,
+                       allow_empty: bool = False) -> ImportStats:
     """Write ``questions.jsonl`` and ``samples.jsonl`` in ``out_dir`` from a preference dataset.
 
     Both files are written under temporary names and renamed at the end, so
-    a kill leaves the previous outputs or none. A bad row is an error naming
-    it (``skip_invalid`` counts it instead); a row repeating an earlier one is
-    written once and counted.
+    a kill or an error leaves the previous outputs or none (a folder this call
+    created is removed again). A bad row is an error naming it
+    (``skip_invalid`` counts it instead); a row repeating an earlier one is
+    written once and counted. No row imported is an error
+    (:class:`~maskdpo.validate.EmptyInput`), checked before anything is
+    published, unless ``allow_empty``.
     """
     if language not in LANGUAGES:
         raise ValueError(f"language must be one of {', '.join(LANGUAGES)}, got {language!r}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out_dir)
+    created = not out_dir.exists()
     targets = {name: out_dir / f"{name}.jsonl" for name in ("questions", "samples")}
     tmps = {name: path.with_name(path.name + ".tmp") for name, path in targets.items()}
     stats = ImportStats()
     read = ReadStats()
     seen: dict[str, str] = {}
+    published = False
     try:
+        rows = iter_rows(source, split, config, skip_invalid=skip_invalid, stats=read)
+        first = next(rows, None)  # the source opens (or fails) before the output folder is made
+        out_dir.mkdir(parents=True, exist_ok=True)
         with tmps["questions"].open("w", encoding="utf-8") as questions, \
                 tmps["samples"].open("w", encoding="utf-8") as samples:
-            for where, row in iter_rows(source, split, config, skip_invalid=skip_invalid, stats=read):
+            for where, row in _chain_first(first, rows):
                 if limit is not None and stats.rows >= limit:
                     break
                 stats.rows += 1
@@ -194,12 +194,27 @@ def import_preferences(source: str, out_dir: str | os.PathLike, *, split: str | 
         for error in read.skipped:  # malformed lines the reader skipped
             stats.rows += 1
             stats.skipped.append(str(error))
+        if not stats.imported and not allow_empty:
+            skipped = (f" ({len(stats.skipped)} invalid rows skipped, first: {stats.skipped[0]})"
+                       if stats.skipped else "")
+            raise EmptyInput(f"{source}: no preference row to read{skipped}; pass --allow-empty to accept an "
+                             f"empty input")
         for name in targets:
             os.replace(tmps[name], targets[name])
+        published = True
     finally:
         for tmp in tmps.values():
             tmp.unlink(missing_ok=True)
+        if created and not published and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
     return stats
+
+
+def _chain_first(first, rest):
+    """``first`` (unless ``None``), then the rest of the iterator it came from."""
+    if first is not None:
+        yield first
+        yield from rest
 
 
 def _parse_row(row: Any, where: str, topic_field: str | None, document_field: str | None) -> tuple[Preference, dict]:

@@ -37,7 +37,26 @@ NOT_UTF8 = b'{"id": "caf\xe9", "question": "\xff?"}'
 
 
 def data_lines(name: str) -> list[str]:
+    if name in DERIVED:
+        return DERIVED[name]()
     return (DATA / name).read_text(encoding="utf-8").splitlines()
+
+
+def preference_lines() -> list[str]:
+    """A TRL conversational preference file (XTuner's DPO JSONL) made from ``data/samples.jsonl``: per
+    question, its first two samples as chosen and rejected (with UltraFeedback-style scores)."""
+    by_question: dict[str, list[dict]] = {}
+    for line in data_lines("samples.jsonl"):
+        d = json.loads(line)
+        by_question.setdefault(d["question_id"], []).append(d)
+    rows = [{"prompt": first["messages"], "chosen": [{"role": "assistant", "content": first["response"]}],
+             "rejected": [{"role": "assistant", "content": second["response"]}], "score_chosen": 8.0,
+             "score_rejected": 3.0}
+            for first, second, *_ in by_question.values()]
+    return [json.dumps(row, ensure_ascii=False) for row in rows]
+
+
+DERIVED = {"preferences.jsonl": preference_lines}
 
 
 def write_lines(path: Path, lines: list[str | bytes], end: bytes = b"\n") -> Path:
@@ -93,11 +112,21 @@ def command_args(command: str, tmp: Path, path: Path, tiny: Path) -> tuple[list,
         return ["eval", "score", "--metric", "anah", "--anah", f"m={path}", "--out", out], [out]
     if command == "masks":  # the tokenizer loads only after the pairs pass; here it never does
         return ["masks", "--pairs", path, "--tokenizer", tmp / "no-tokenizer"], []
+    if command == "tokenize":
+        # The cache records every line's status (complete for that file's content, by design: training with
+        # skip_invalid reuses it); a bad line is reported when it is read. So no output is checked here, but
+        # a failed build must leave no folder that looks like a cache (test_tokenize_empty_input_...).
+        return ["tokenize", "--pairs", path, "--tokenizer", tiny, "--max-length", 512, "--cache-dir",
+                tmp / "cache"], []
+    if command == "import-preferences":
+        out = tmp / "out"
+        return ["import-preferences", path, "--out", out], [out]
     raise AssertionError(command)
 
 
 INPUT_OF = {"sample": "questions.jsonl", "annotate": "samples.jsonl", "pairs": "annotations.jsonl",
-            "eval score": "annotations.jsonl", "masks": "pairs.jsonl"}
+            "eval score": "annotations.jsonl", "masks": "pairs.jsonl", "tokenize": "pairs.jsonl",
+            "import-preferences": "preferences.jsonl"}
 COMMANDS = list(INPUT_OF)
 
 
@@ -105,6 +134,8 @@ def _nan_field(name: str):
     def change(d):
         if name == "questions.jsonl":
             d["topic"] = float("nan")
+        elif name == "preferences.jsonl":
+            d["score_chosen"] = float("nan")
         elif name == "pairs.jsonl":
             d["chosen_score"] = float("nan")
         else:
@@ -112,7 +143,7 @@ def _nan_field(name: str):
     return change
 
 
-NAN_FIELD = {"questions.jsonl": "topic", "samples.jsonl": "generation.temperature",
+NAN_FIELD = {"questions.jsonl": "topic", "preferences.jsonl": "score_chosen", "samples.jsonl": "generation.temperature",
              "annotations.jsonl": "generation.temperature", "pairs.jsonl": "chosen_score"}
 
 
@@ -148,6 +179,16 @@ def test_broken_line_is_named_with_file_and_line(tmp_path, tiny_llama_dir, comma
     lines, line, expected = line_mutations(INPUT_OF[command])[mutation]
     path = write_lines(tmp_path / INPUT_OF[command], lines, end=b"\n")
     args, outputs = command_args(command, tmp_path, path, tiny_llama_dir)
+    if command == "import-preferences" and mutation == "duplicate":
+        # Public preference datasets repeat rows verbatim: the importer writes such a row once and says so
+        # (its documented rule), naming both lines, instead of stopping.
+        result = invoke(args)
+        assert result.exit_code == 0, result.output
+        assert f"1 repeated an earlier row and were written once (first: {path}:{line} repeats {path}:1)" \
+            in result.output
+        return
+    if command == "tokenize" and mutation == "duplicate":  # the builder reads several files: it names file and line
+        expected = ["repeats the pair at", f"{path}:1;"]
     assert_refused(invoke(args), f"{path}:{line}:", *expected)
     for out in outputs:
         assert not out.exists(), f"{out} left behind"
@@ -160,9 +201,10 @@ def test_empty_input_is_an_error_unless_allowed(tmp_path, tiny_llama_dir, comman
     assert_refused(invoke(args), str(path), "--allow-empty")
     for out in outputs:
         assert not out.exists()
-    if command in ("pairs", "masks"):  # cheap to run through: nothing to load for no record
+    if command in ("pairs", "masks", "tokenize", "import-preferences"):  # cheap: nothing to load for no record
         result = invoke(args + ["--allow-empty"])
         assert result.exit_code == 0, result.output
+        assert "Error" not in result.output
 
 
 # ---------------------------------------------------------------- annotations (pairs, eval score)

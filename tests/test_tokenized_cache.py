@@ -201,7 +201,7 @@ def test_a_killed_build_leaves_no_cache_and_the_next_one_completes(tmp_path, tin
     with pytest.raises(KeyboardInterrupt):
         prepare_tokenized(str(path), tiny_tokenizer, 512)
     root = tmp_path / "tokenized"
-    assert not any((p / "manifest.json").exists() for p in root.iterdir())
+    assert list(root.iterdir()) == []  # nothing that looks like a cache, not even the building folder
     monkeypatch.setattr(ds_module, "tokenize_rows", real)
     store = prepare_tokenized(str(path), tiny_tokenizer, 512)
     assert store.rows == 4 and [p.name for p in root.iterdir()] == [store.folder.name]  # the torn build is gone
@@ -305,3 +305,33 @@ def test_the_masking_codes_environment_switch_is_part_of_the_key(tmp_path, tiny_
     assert flipped.store.folder != plain.store.folder  # never served the other's labels
     monkeypatch.delenv(FLIP_MASK_FOR_TESTS)
     assert build_maskdpo_dataset(path, tiny_tokenizer, max_length=512)[0] == plain[0]
+
+
+def test_tokenize_refuses_an_empty_pair_file_before_tokenizing(tmp_path, tiny_llama_dir, monkeypatch):
+    from click.testing import CliRunner
+
+    from maskdpo.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n  \n", encoding="utf-8")
+    good = write_pairs(tmp_path / "p.jsonl")
+    base = ["tokenize", "--tokenizer", str(tiny_llama_dir), "--max-length", "512", "--cache-dir", "cache"]
+    result = CliRunner().invoke(main, base + ["--pairs", str(empty)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"Error: {empty}: no pair to read; pass --allow-empty to accept an empty input" in result.output
+    cache = tmp_path / "cache"
+    assert not cache.exists() or list(cache.iterdir()) == []  # no folder that looks like a cache
+    # One empty file among others is refused too, naming it, unless allowed.
+    result = CliRunner().invoke(main, base + ["--pairs", str(good), "--pairs", str(empty)])
+    assert result.exit_code == 2 and f"{empty}: no pair to read" in result.output, result.output
+    allowed = CliRunner().invoke(main, base + ["--pairs", str(empty), "--allow-empty"])
+    assert allowed.exit_code == 0 and "no cache written" in allowed.output, allowed.output
+    assert not cache.exists() or list(cache.iterdir()) == []
+    built = CliRunner().invoke(main, base + ["--pairs", str(good), "--pairs", str(empty), "--allow-empty"])
+    assert built.exit_code == 0, built.output
+    folder, = cache.iterdir()
+    # The path printed is absolute although --cache-dir was relative: a cluster job can paste it anywhere.
+    assert f"tokenized cache: {folder.absolute()}\n" in built.output and folder.absolute().is_absolute()
+    assert f"MASKDPO_PAIRS={folder.absolute()} " in built.output
+    assert "4 pairs read: 4 kept" in built.output

@@ -8,7 +8,6 @@ import click
 
 from ..masking import MASK_MODES
 from . import reports_errors
-from . import reports_errors
 
 
 def describe(store, masks: list[str], drop_truncated: bool = False, skip_invalid: bool = False,
@@ -20,7 +19,7 @@ def describe(store, masks: list[str], drop_truncated: bool = False, skip_invalid
     from ..xtuner.dataset import select_rows
 
     m = store.manifest
-    lines = [f"tokenized cache: {store.folder}",
+    lines = [f"tokenized cache: {Path(store.folder).absolute()}",
              f"  sources: " + ", ".join(f"{s['path']} (sha256 {s['sha256'][:12]}, {s['bytes']:,} bytes)"
                                         for s in m["sources"]),
              f"  tokenizer: {m['tokenizer']['name']} (vocab {m['tokenizer']['vocab']}, digest {m['tokenizer']['digest']})",
@@ -51,16 +50,21 @@ def describe(store, masks: list[str], drop_truncated: bool = False, skip_invalid
 @click.option("--num-proc", type=int, default=1, show_default=True, help="Tokenizer processes.")
 @click.option("--skip-invalid", is_flag=True, help="Count bad records and unusable pairs instead of stopping at "
                                                    "the first (the cache keeps every line's status either way).")
+@click.option("--allow-empty", is_flag=True,
+              help="Accept a pair file with no pair (otherwise an error); with no pair in any file, nothing is "
+                   "tokenized and no cache is written.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Root of the tokenized caches (default: $MASKDPO_TOKENIZED_CACHE or ~/.cache/maskdpo/tokenized; "
                    "with --config, the config's cache_dir when it sets one). Use a folder every node can read.")
 @reports_errors
-def tokenize(config, cfg_options, pairs, tokenizer, max_length, masks, num_proc, skip_invalid, cache_dir) -> None:
+def tokenize(config, cfg_options, pairs, tokenizer, max_length, masks, num_proc, skip_invalid, allow_empty,
+             cache_dir) -> None:
     """Tokenize training pairs ahead of training (e.g. on a CPU node) into Arrow files keyed by the
     pairs' content, the tokenizer, its chat template and max_length. Training with the same settings
     opens them instead of tokenizing; so does `maskdpo ref-cache`. Point MASKDPO_PAIRS (or the config's
     data_files) at the printed folder to train from it directly.
     """
+    from ..validate import EmptyInput
     from ..xtuner.dataset import prepare_tokenized
 
     if bool(config) == bool(pairs):
@@ -85,13 +89,20 @@ def tokenize(config, cfg_options, pairs, tokenizer, max_length, masks, num_proc,
     store = None
     for mask in dict.fromkeys(masks):
         try:
-            store = prepare_tokenized(data_files, tok, max_length, mask, cache_dir=cache_dir, num_proc=num_proc)
+            store = prepare_tokenized(data_files, tok, max_length, mask, cache_dir=cache_dir, num_proc=num_proc,
+                                      allow_empty=allow_empty)
         except TypeError as exc:  # a slow tokenizer: no offsets, no exact alignment
             raise click.ClickException(str(exc)) from None
+        except EmptyInput as exc:
+            if not allow_empty:
+                raise
+            click.echo(f"{exc} (--allow-empty): no cache written")
+            return
+    folder = Path(store.folder).absolute()
     for line in describe(store, list(dict.fromkeys(masks)), drop_truncated, skip_invalid,
                          None if config else data_files):
         click.echo(line)
-    click.echo(f"train from it: MASKDPO_PAIRS={store.folder} (or data_files='{store.folder}' in the config)")
+    click.echo(f"train from it: MASKDPO_PAIRS={folder} (or data_files='{folder}' in the config)")
 
 
 def _from_config(config: Path, cfg_options: tuple[str, ...]):

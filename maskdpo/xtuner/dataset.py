@@ -596,10 +596,16 @@ def is_tokenized_cache(data_files) -> bool:
 
 
 def prepare_tokenized(data_files, tokenizer: Any, max_length: int, mask: str = "both", *,
-                      cache_dir: str | os.PathLike | None = None, num_proc: int = 1) -> TokenizedPairs:
+                      cache_dir: str | os.PathLike | None = None, num_proc: int = 1,
+                      allow_empty: bool = False) -> TokenizedPairs:
     """The tokenized cache for these pair files and settings, built when missing (and ``mask`` added when
     missing). ``data_files`` may instead be a cache folder (``maskdpo tokenize``); then the tokenizer and
-    ``max_length`` must be the ones it was made with."""
+    ``max_length`` must be the ones it was made with.
+
+    A pair file without a pair is :class:`~maskdpo.validate.EmptyInput` unless ``allow_empty``; no pair
+    in any file always is (there is nothing to cache). Both are checked before tokenizing. The manifest
+    that makes a folder a cache is written last and the folder renamed into place only then: a failed
+    build leaves nothing that looks like a cache (its building folder is removed)."""
     check_mask_mode(mask)
     if int(max_length) <= 0:
         raise ValueError(f"max_length must be positive, got {max_length}")
@@ -630,15 +636,36 @@ def prepare_tokenized(data_files, tokenizer: Any, max_length: int, mask: str = "
     tmp = _building_dir(final)
     shutil.rmtree(tmp, ignore_errors=True)
     index = _line_table(files)
-    names = _map(index, tmp / "pairs", files=files, tokenizer=tokenizer, max_length=max_length, mask=mask,
-                 with_ids=True, num_proc=num_proc, key=final.name)
-    manifest = {"format": CACHE_FORMAT, "key": final.name, "max_length": int(max_length), "base_mode": mask,
-                "tokenizer": tok, "code": encoding_code_digest(), "rows": len(index),
-                "sources": [{"path": str(p), "sha256": d, "bytes": os.path.getsize(p)} for p, d in zip(files, digests)],
-                "shards": names}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    _check_not_empty(index, files, allow_empty)
+    try:
+        names = _map(index, tmp / "pairs", files=files, tokenizer=tokenizer, max_length=max_length, mask=mask,
+                     with_ids=True, num_proc=num_proc, key=final.name)
+        manifest = {"format": CACHE_FORMAT, "key": final.name, "max_length": int(max_length), "base_mode": mask,
+                    "tokenizer": tok, "code": encoding_code_digest(), "rows": len(index),
+                    "sources": [{"path": str(p), "sha256": d, "bytes": os.path.getsize(p)}
+                                for p, d in zip(files, digests)],
+                    "shards": names}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _publish(tmp, final)
     return TokenizedPairs.open(final)
+
+
+def _check_not_empty(index, files: list[str], allow_empty: bool) -> None:
+    """Each pair file must hold a non-blank line (unless ``allow_empty``), and together they must hold one."""
+    import numpy as np
+
+    from ..validate import EmptyInput, check_not_empty
+
+    per_file = np.bincount(index.data.column("file_index").to_numpy(), minlength=len(files)) if len(index) \
+        else np.zeros(len(files), dtype=np.int64)
+    for path, count in zip(files, per_file):
+        if not count:
+            check_not_empty(path, ReadStats(), allow_empty, "pair")
+    if not len(index):
+        raise EmptyInput(f"{', '.join(files)}: no pair to read in any file; nothing to tokenize")
 
 
 def source_digests(data_files) -> list[dict]:
