@@ -19,6 +19,14 @@
 
 A record that fits none of them is an error naming file, line and field.
 
+The stages (``maskdpo sample`` and ``maskdpo annotate --questions``) read
+their questions with :func:`read_question_source`: the same layouts and the
+same ids as ``eval run``, but one layout per file, chosen by its first
+record — a file that starts with a question record of this project (it has
+``id`` or ``format``) is read as question records throughout, so a record
+missing its ``id`` there is an error naming file and line, never a question
+with a made-up id.
+
 Both loaders also take what ``datasets.load_dataset`` opens — a Hub dataset
 name (``opencompass/anah``), a local dataset folder, or a ``.parquet`` /
 ``.csv`` file — when the source is not a local file of the layouts above:
@@ -34,8 +42,8 @@ import json
 import os
 from pathlib import Path
 
-from .hfdata import iter_hf_rows, row_error
-from .jsonl import FieldError, RecordError, iter_jsonl
+from .hfdata import iter_hf_rows, iter_json_records, row_error
+from .jsonl import FieldError, ReadStats, RecordError, iter_jsonl
 from .records import LANGUAGES, Question
 
 BIO_TEMPLATE = "Tell me a bio of {entity}."
@@ -130,6 +138,90 @@ def load_anah_questions(path: str | os.PathLike, limit: int | None = None, *,
     if not questions:
         raise ValueError(f"{path}: no questions")
     return questions
+
+
+def is_question_record(d: dict) -> bool:
+    """A question record of this project (it names its ``id`` or its ``format``), not an ANAH layout."""
+    return "id" in d or "format" in d
+
+
+def read_question_source(source: str | os.PathLike, *, split: str | None = None, skip_invalid: bool = False,
+                         allow_empty: bool = False, stats: ReadStats | None = None) -> list[tuple[str, Question]]:
+    """``(where, question)`` of every question in ``source``, for the stages that take ``--questions``.
+
+    ``source`` is a local ``.jsonl`` / ``.json`` file (``where`` = ``file:line``), or what
+    :func:`maskdpo.hfdata.iter_hf_rows` opens: a dataset folder (its JSON files read line by line too),
+    a parquet/csv file, or a Hub name such as ``opencompass/anah`` (``where`` = ``source[split] row N``).
+    Records are this project's question records or ANAH's layouts (see the module docstring), one
+    layout per source, chosen by its first record; ids of ANAH records are the ones ``eval run`` gives.
+    A bad record or a repeated id is an error naming where it is (``skip_invalid``: counted in ``stats``
+    instead); a source with no question is :class:`~maskdpo.validate.EmptyInput` unless ``allow_empty``.
+    """
+    from .validate import check_not_empty, skip_line
+
+    stats = stats if stats is not None else ReadStats()
+    text = str(source)
+    local = Path(text).suffix in (".jsonl", ".json") and not Path(text).is_dir()
+    if local:
+        located = ((text, lineno, obj) for lineno, obj in iter_json_records(text, skip_invalid=skip_invalid,
+                                                                             stats=stats))
+    else:
+        located = (_split_where(where) + (row,) for where, row in iter_hf_rows(text, split, skip_invalid=skip_invalid,
+                                                                               stats=stats))
+    out: list[tuple[str, Question]] = []
+    first: dict[str, tuple[str, int | None]] = {}
+    ours: bool | None = None
+    for path, line, obj in located:
+        if not local and line is None:
+            stats.read += 1  # rows from datasets are counted here (the line reader counts its own)
+        where = f"{path}:{line}" if line is not None else path
+        try:
+            if ours is None:
+                ours = is_question_record(obj)
+            questions = [Question.from_dict(obj)] if ours else parse_anah_record(obj)
+        except FieldError as exc:
+            skip_line(_located_error(path, line, exc.field, exc.message), skip_invalid, stats)
+            continue
+        ids = [q.id for q in questions]
+        if len(set(ids)) < len(ids):  # a topic record listing one question twice
+            twice = next(i for i in ids if ids.count(i) > 1)
+            skip_line(_located_error(path, line, "id", f"question id {twice!r} comes twice in this record"),
+                      skip_invalid, stats)
+            continue
+        repeated = next((q for q in questions if q.id in first), None)
+        if repeated is not None:
+            earlier_path, earlier_line = first[repeated.id]
+            earlier = f"line {earlier_line}" if earlier_path == path and earlier_line is not None else \
+                (f"{earlier_path}:{earlier_line}" if earlier_line is not None else earlier_path)
+            skip_line(_located_error(path, line, "id", f"question id {repeated.id!r} repeats {earlier}"),
+                      skip_invalid, stats)
+            continue
+        for q in questions:
+            first[q.id] = (path, line)
+            out.append((where, q))
+    if not out:
+        check_not_empty(text, stats, allow_empty, "question")
+    return out
+
+
+def _split_where(where: str) -> tuple[str, int | None]:
+    """``(file, line)`` of a ``file:line`` place, ``(place, None)`` of a ``source[split] row N`` one."""
+    path, _, line = where.rpartition(":")
+    return (path, int(line)) if path and line.isdigit() else (where, None)
+
+
+def _located_error(path: str, line: int | None, field: str | None, message: str) -> ValueError:
+    if line is not None:
+        return RecordError(path, line, field, message)
+    return RowError(path, field, message)
+
+
+class RowError(ValueError):
+    """A bad row of a ``datasets`` source: ``source[split] row N: field 'F': message``."""
+
+    def __init__(self, where: str, field: str | None, message: str):
+        super().__init__(f"{where}: field '{field}': {message}" if field else f"{where}: {message}")
+        self.path, self.line, self.field, self.message = where, None, field, message
 
 
 def _hf_records(source: str, split: str | None):

@@ -27,7 +27,7 @@ from .backends.prompting import derive_seed
 from .jsonl import JsonlAppender, ReadStats
 from .records import Question, Sample
 from .settings import check_resumable as check_settings_resumable, knob, settings_dict, write_settings
-from .validate import check_output_file, read_questions
+from .validate import check_output_file
 
 # Settings that change what a sample is; resuming into a file made with others is an error.
 IDENTITY_FIELDS = ("questions", "model", "backend", "n", "top_k", "top_p", "temperature", "max_new_tokens", "seed",
@@ -36,7 +36,9 @@ IDENTITY_FIELDS = ("questions", "model", "backend", "n", "top_k", "top_p", "temp
 
 @dataclass
 class SampleSettings:
-    questions: Path = knob(None, "Questions JSONL (fields id, question, topic, language, document).")
+    questions: Path = knob(None, "Questions: a JSONL file of question records (id, question, topic, language, "
+                                 "document), or ANAH's layouts (question_document.jsonl, opencompass/anah) as a "
+                                 "file, a dataset folder or a Hub name; ids as `eval run` gives them.")
     out: Path = knob(None, "Samples JSONL to write (appended to and resumed if it exists).")
     model: str = knob(None, "Model path or served model name (the policy being aligned: sample on-policy).")
     backend: str = knob("hf", "Generation backend: lmdeploy (in-process, GPU), openai (any OpenAI-compatible "
@@ -168,11 +170,16 @@ def backend_options(backend: str, settings: Any) -> dict:
     return {}
 
 
-def load_questions(path: Path, *, skip_invalid: bool = False, allow_empty: bool = False,
+def load_questions(path: Path | str, *, skip_invalid: bool = False, allow_empty: bool = False,
                    stats: ReadStats | None = None) -> list[Question]:
-    """Questions in file order; a repeated id is an error naming both lines, an empty file an error
-    unless ``allow_empty``."""
-    return [q for _, q in read_questions(path, skip_invalid=skip_invalid, allow_empty=allow_empty, stats=stats)]
+    """Questions in source order, from our question records or ANAH's layouts (``question_document.jsonl``,
+    ``opencompass/anah``; a local file, a dataset folder or a Hub name), with the ids ``eval run`` gives
+    them (:func:`maskdpo.prompt_sets.read_question_source`). A bad record or a repeated id is an error
+    naming file and line, an empty source an error unless ``allow_empty``."""
+    from .prompt_sets import read_question_source
+
+    return [q for _, q in read_question_source(path, skip_invalid=skip_invalid, allow_empty=allow_empty,
+                                               stats=stats)]
 
 
 def check_model_path(backend: str, model: str) -> None:

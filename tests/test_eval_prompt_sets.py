@@ -127,3 +127,18 @@ def test_biography_entities_from_a_dataset(tmp_path, offline):
         load_biography_prompts(path)
     with pytest.raises(FileNotFoundError, match="no such entity list"):
         load_biography_prompts(tmp_path / "missing.txt")
+
+
+def test_anah_dataset_folder_is_read_line_by_line(tmp_path):
+    folder = tmp_path / "anah"
+    folder.mkdir()
+    good = {"question": "Who was Ada Lovelace?", "document": "d", "language": "en"}
+    (folder / "test.jsonl").write_text(json.dumps(good) + "\n\n" + '{"question": "x", "language": "fr"}\n',
+                                       encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{folder / 'test.jsonl'}:3: field 'language'"):
+        load_anah_questions(folder)
+    (folder / "test.jsonl").write_text(json.dumps(good) + "\n\n{oops\n", encoding="utf-8")
+    with pytest.raises(RecordError, match=rf"{folder / 'test.jsonl'}:3: invalid JSON"):
+        load_anah_questions(folder)
+    (folder / "test.jsonl").write_text(json.dumps(good) + "\n\n", encoding="utf-8")
+    assert [q.question for q in load_anah_questions(folder)] == ["Who was Ada Lovelace?"]

@@ -308,3 +308,115 @@ def test_a_server_serving_another_model_stops_the_command_cleanly(tmp_path, serv
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "serves 'tiny', not the requested model 'llama-70b'" in result.output
     assert not (tmp_path / "s.jsonl").exists() or not (tmp_path / "s.jsonl").read_text()
+
+
+# ---------------------------------------------------------------- ANAH's layouts and Hub names as --questions
+
+ANAH_ROWS = [  # ANAH-v2's question_document.jsonl layout: no id
+    {"question": "Who was Ada Lovelace?", "document": "Ada Lovelace was a mathematician.", "language": "en"},
+    {"question": "长城有多长？", "document": "长城是中国古代的军事防御工程。", "language": "zh"},
+]
+
+
+def write_rows(path: Path, rows: list, blank_after: int | None = None) -> Path:
+    text = [json.dumps(r, ensure_ascii=False) for r in rows]
+    if blank_after is not None:
+        text.insert(blank_after, "")
+    path.write_text("\n".join(text) + "\n", encoding="utf-8")
+    return path
+
+
+def test_questions_load_anah_layouts_with_the_ids_eval_run_gives(tmp_path):
+    from maskdpo.prompt_sets import load_anah_questions
+    from maskdpo.sample import load_questions
+
+    anah = write_rows(tmp_path / "question_document.jsonl", ANAH_ROWS)
+    questions = load_questions(anah)
+    assert [q.id for q in questions] == [q.id for q in load_anah_questions(anah)]
+    assert questions[1].language == "zh" and questions[0].document == "Ada Lovelace was a mathematician."
+    # A dataset folder of them (read line by line: the blank line counts) and opencompass/anah topic records.
+    folder = tmp_path / "anah"
+    folder.mkdir()
+    topic = {"name": "Marie Curie", "documents": ["She was a physicist."], "language": "en",
+             "selected_questions": ["Where was Marie Curie born?", "What did Marie Curie study?"]}
+    write_rows(folder / "test.jsonl", ANAH_ROWS + [topic], blank_after=1)
+    from_folder = load_questions(folder)
+    assert [q.id for q in from_folder[:2]] == [q.id for q in questions]
+    assert [q.question for q in from_folder[2:]] == topic["selected_questions"]
+    # Malformed ANAH records are named by file and line.
+    bad = write_rows(tmp_path / "bad.jsonl", [ANAH_ROWS[0], {"question": "x", "language": "fr"}], blank_after=1)
+    with pytest.raises(RecordError, match=r"bad\.jsonl:3: field 'language'"):
+        load_questions(bad)
+    with pytest.raises(RecordError, match=r"twice\.jsonl:2: field 'id': question id 'anah-\w+' repeats line 1"):
+        load_questions(write_rows(tmp_path / "twice.jsonl", ANAH_ROWS[:1] * 2))
+
+
+def test_a_file_of_our_question_records_keeps_its_field_errors(tmp_path):
+    from maskdpo.sample import load_questions
+
+    # Starting with our records, a record without its id is an error, never an ANAH question with a made-up id.
+    q = write_rows(tmp_path / "q.jsonl", [{"id": "a", "question": "ok?"}, {"question": "where is my id?"}])
+    with pytest.raises(RecordError, match=r"q\.jsonl:2: field 'id': missing"):
+        load_questions(q)
+    from maskdpo.jsonl import ReadStats
+
+    stats = ReadStats()
+    assert [x.id for x in load_questions(q, skip_invalid=True, stats=stats)] == ["a"]
+    assert stats.read == 1 and [str(e) for e in stats.skipped] == [f"{q}:2: field 'id': missing"]
+    from maskdpo.validate import EmptyInput
+
+    with pytest.raises(EmptyInput, match=r"empty\.jsonl: no question to read; pass --allow-empty"):
+        load_questions(write_rows(tmp_path / "empty.jsonl", []))
+
+
+def test_a_hub_name_goes_through_load_dataset(tmp_path, monkeypatch):
+    """Tests never download: a double of ``datasets.load_dataset`` serves one Hub name, as the real function
+    does for a dataset with one split (a DatasetDict without ``split``), and refuses others as it does."""
+    import datasets
+    from datasets.exceptions import DatasetNotFoundError
+
+    from maskdpo.prompt_sets import load_anah_questions
+    from maskdpo.sample import load_questions
+
+    topic = {"name": "Marie Curie", "documents": ["She was a physicist."], "language": "en",
+             "selected_questions": ["Where was Marie Curie born?"]}
+
+    def load_dataset_double(path, name=None, *, split=None, **kwargs):
+        if path != "opencompass/anah":
+            raise DatasetNotFoundError(f"Dataset '{path}' doesn't exist on the Hub or cannot be accessed.")
+        loaded = datasets.DatasetDict({"train": datasets.Dataset.from_list([topic, dict(topic, name="Ada")])})
+        return loaded if split is None else loaded[split]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset_double)
+    with pytest.raises(ValueError, match=r"opencompass/anah\[train\] row 1: field 'id': question id .* repeats "
+                                         r"opencompass/anah\[train\] row 0"):
+        load_questions("opencompass/anah")
+    topic["selected_questions"] = ["Where was Marie Curie born?", "What did she study?"]
+
+    def distinct(path, name=None, *, split=None, **kwargs):
+        if path != "opencompass/anah":
+            raise DatasetNotFoundError(f"Dataset '{path}' doesn't exist on the Hub or cannot be accessed.")
+        return datasets.DatasetDict({"train": datasets.Dataset.from_list([topic])})
+
+    monkeypatch.setattr(datasets, "load_dataset", distinct)
+    questions = load_questions("opencompass/anah")
+    assert [q.question for q in questions] == topic["selected_questions"] and questions[0].topic == "Marie Curie"
+    assert [q.id for q in questions] == [q.id for q in load_anah_questions("opencompass/anah")]
+    with pytest.raises(FileNotFoundError, match="someone/nothing: no such file, folder or Hub dataset"):
+        load_questions("someone/nothing")
+
+
+def test_sample_command_takes_anah_questions(tmp_path, tiny_llama_dir):
+    from maskdpo.cli import main
+    from maskdpo.prompt_sets import load_anah_questions
+
+    anah = write_rows(tmp_path / "question_document.jsonl", ANAH_ROWS)
+    out = tmp_path / "s.jsonl"
+    result = CliRunner().invoke(main, ["sample", "--questions", str(anah), "--out", str(out), "--model",
+                                       str(tiny_llama_dir), "--n", "1", "--max-new-tokens", "2", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert [r["question_id"] for r in lines(out)] == [q.id for q in load_anah_questions(anah)]
+    assert lines(out)[0]["messages"][-1]["content"] == "Who was Ada Lovelace?"
+    for command in ("sample", "annotate"):
+        help_text = CliRunner().invoke(main, [command, "--help"]).output
+        assert "question_document.jsonl" in help_text and "Hub name" in help_text

@@ -34,7 +34,9 @@ IDENTITY_FIELDS = ("samples", "questions", "annotator", "backend", "model", "pro
 @dataclass
 class AnnotateSettings:
     samples: Path = knob(None, "Samples JSONL (from `maskdpo sample`).")
-    questions: Path = knob(None, "Questions JSONL the samples answer (the judge needs each question's document).")
+    questions: Path = knob(None, "Questions the samples answer (the judge needs each question's document): our "
+                                 "question records, or ANAH's layouts (question_document.jsonl, opencompass/anah) "
+                                 "as a file, a dataset folder or a Hub name, as `maskdpo sample --questions`.")
     out: Path = knob(None, "Annotations JSONL to write (appended to and resumed if it exists).")
     annotator: str = knob("anah-v2", "Annotator: anah-v2 (the ANAH-v2 judge on a backend), toyworld-oracle, "
                                      "or another registered in maskdpo.annotate.base.ANNOTATORS.")
