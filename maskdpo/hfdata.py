@@ -138,7 +138,7 @@ def iter_json_records(path: str | os.PathLike, *, skip_invalid: bool = False,
     a :class:`RecordError` naming file and line (``skip_invalid``: counted in ``stats``; a syntax error
     inside a list ends the list's reading, since nothing after it can be located)."""
     path = Path(path)
-    if path.suffix == ".json" and _starts_with_list(path):
+    if path.suffix == ".json" and path.is_file() and _starts_with_list(path):  # else the line reader names the problem
         yield from _iter_json_list(path, skip_invalid=skip_invalid, stats=stats)
         return
     yield from iter_jsonl(path, skip_invalid=skip_invalid, stats=stats, with_lines=True)
