@@ -104,3 +104,16 @@ def test_settings_are_validated():
         WorldSettings(people_per_family=3, test_per_family=3)
     with pytest.raises(ValueError, match="fame_range"):
         WorldSettings(fame_range=(0.9, 0.1))
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[1, 2]", "expected a world file"), ("{bad", "invalid JSON at line 1"), ('{"format": "x"}', "got 'x'"),
+])
+def test_load_world_names_the_file_of_a_bad_world(tmp_path, text, message):
+    from maskdpo.toyworld.world import load_world
+
+    path = tmp_path / "w.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message) as info:
+        load_world(path)
+    assert str(path) in str(info.value)

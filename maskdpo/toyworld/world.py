@@ -174,13 +174,8 @@ class World:
     def load(cls, path: str | os.PathLike) -> "World":
         """Read a world file written by :meth:`save`; questions are re-rendered from it."""
         path = Path(path)
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no such world file (write one with generate_world(...).save)") from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not a world file (invalid JSON at line {exc.lineno})") from None
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
+        d = read_world_file(path)
+        if d.get("format") != FORMAT:
             raise ValueError(f"{path}: field 'format': expected {FORMAT!r}, got {d.get('format') if isinstance(d, dict) else d!r}")
         raw = dict(d["settings"])
         raw["fame_range"] = tuple(raw["fame_range"])
@@ -195,15 +190,23 @@ def load_world(path: str | os.PathLike):
     from .rich import FORMAT as RICH_FORMAT, RichWorld
 
     path = Path(path)
+    d = read_world_file(path)
+    if d.get("format") == RICH_FORMAT:
+        return RichWorld.from_dict(d, path)
+    return World.load(path)
+
+
+def read_world_file(path: Path) -> dict:
+    """The JSON object of a world file, or an error naming the file."""
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such world file (write one with generate_world(...).save)") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not a world file (invalid JSON at line {exc.lineno})") from None
-    if isinstance(d, dict) and d.get("format") == RICH_FORMAT:
-        return RichWorld.from_dict(d, path)
-    return World.load(path)
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: field 'format': expected a world file, got {d!r:.60}")
+    return d
 
 
 # ---------------------------------------------------------------- generation
