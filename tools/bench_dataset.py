@@ -27,7 +27,7 @@ Tokenizers keep their default threading (the in-memory path and ``num_proc=1``
 may use the Rust tokenizer's threads; ``datasets`` turns them off in forked
 workers); CPU seconds count every thread. The cache key includes the masking
 code, so run it on a tree nobody edits meanwhile (a rerun that tokenizes again
-is reported as an error), e.g. ``git archive HEAD | tar -x -C /tmp/snap``.
+is reported as an error), e.g. a snapshot made with ``git archive HEAD | tar -x -C SNAPSHOT_DIR``.
 """
 
 from __future__ import annotations
