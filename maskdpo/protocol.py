@@ -40,7 +40,9 @@ from typing import Union
 
 PROMPTS = "prompts"  # kind of the ANAH prompt-function file
 CHAT_TEMPLATE = "chat-template"  # kind of LMDeploy's model.py
-KINDS = (PROMPTS, CHAT_TEMPLATE)
+SPLITTER = "splitter"  # kind of ANAH's utils.py: the sentence rewrite rules of its splitter
+KINDS = (PROMPTS, CHAT_TEMPLATE, SPLITTER)
+REWRITE_FUNCTION = "sentence_tokenize_process_dot"  # its rules: `re.sub` before the split, and back after
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com"
 PINS_ENV = "MASKDPO_PROTOCOL_PINS"
 BASE_URL_ENV = "MASKDPO_PROTOCOL_BASE_URL"
@@ -87,6 +89,8 @@ OFFICIAL_PINS = (
                "eval/anah_v2/anahv2_prompt.py", "d8611d4f006d143bc65b304a5c5980af7acc737ab937403efca49fa78ec5754a"),
     PinnedFile(CHAT_TEMPLATE, "InternLM/lmdeploy", "fb6f8ea4526fc40bab757a76d55b2571e9b3f133",
                "lmdeploy/model.py", "2fafd98ba9f9572144aac4c8f164eef269c9ed469e87b90d2c111c70d7c8dfff"),
+    PinnedFile(SPLITTER, "open-compass/ANAH", "89d24d890f9e0ad6c8dd6236b55fe68e1ff98e62",
+               "eval/anah_v2/utils.py", "6882b1fb95b0c55bcbb33264ccff160384e19bbf2674c47e89daf5ec641c641a"),
 )
 
 
@@ -411,3 +415,60 @@ def load_meta_instruction() -> tuple[str, PinnedFile]:
     pin, cached = ensure(CHAT_TEMPLATE)
     return parse_meta_instruction(_read_text(cached), f"{cached} ({pin.label})"), pin
 
+
+
+@dataclass(frozen=True)
+class RewriteRules:
+    """The official splitter's text rewrites, as ``(pattern, replacement)`` pairs for ``re.sub``, in order.
+
+    ``before``: applied to the whole response before it is split; ``after``:
+    applied to each stripped sentence. They change the sentence text the judge
+    reads (``J.K.`` becomes ``J. K.``), never our spans.
+    """
+
+    before: tuple[tuple[str, str], ...]
+    after: tuple[tuple[str, str], ...]
+    origin: str
+    sha256: str
+
+
+def _re_sub_rule(stmt: ast.stmt, origin: str) -> tuple[str, str] | None:
+    """``text = re.sub(PATTERN, REPLACEMENT, text)`` with literal strings → the pair; a docstring or
+    comment-only expression → None; anything else is an error."""
+    if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
+        return None
+    call = stmt.value if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else None
+    ok = (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "sub"
+          and isinstance(call.func.value, ast.Name) and call.func.value.id == "re" and len(call.args) == 3
+          and not call.keywords and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in call.args[:2]))
+    if not ok:
+        raise ProtocolError(f"{_where(origin, stmt)}: {REWRITE_FUNCTION}: expected `text = re.sub(PATTERN, "
+                            f"REPLACEMENT, text)` with literal strings, got `{ast.unparse(stmt)[:80]}`")
+    return call.args[0].value, call.args[1].value
+
+
+def parse_rewrite_rules(source: str, origin: str = "<utils.py>") -> RewriteRules:
+    """The rules of ``sentence_tokenize_process_dot(text, recover)``, read without running the file: its
+    ``if not recover:`` branch (before the split) and its ``else:`` branch (after)."""
+    tree = _parse(source, origin)
+    fn = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == REWRITE_FUNCTION), None)
+    if fn is None:
+        raise ProtocolError(f"{origin}: no top-level function {REWRITE_FUNCTION}")
+    branch = next((n for n in fn.body if isinstance(n, ast.If)), None)
+    negated = branch is not None and isinstance(branch.test, ast.UnaryOp) and isinstance(branch.test.op, ast.Not)
+    if branch is None or not branch.orelse:
+        raise ProtocolError(f"{_where(origin, fn)}: {REWRITE_FUNCTION}: expected `if not recover: ... else: ...`")
+    forward, back = (branch.body, branch.orelse) if negated else (branch.orelse, branch.body)
+    rules = []
+    for body in (forward, back):
+        found = tuple(r for r in (_re_sub_rule(stmt, origin) for stmt in body) if r is not None)
+        if not found:
+            raise ProtocolError(f"{_where(origin, branch)}: {REWRITE_FUNCTION}: a branch without rules")
+        rules.append(found)
+    return RewriteRules(before=rules[0], after=rules[1], origin=origin, sha256=sha256_bytes(source.encode("utf-8")))
+
+
+def load_rewrite_rules() -> RewriteRules:
+    """The official splitter's rewrite rules from the cached ``utils.py`` (fetched on first use)."""
+    pin, cached = ensure(SPLITTER)
+    return parse_rewrite_rules(_read_text(cached), f"{cached} ({pin.label})")

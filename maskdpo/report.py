@@ -82,7 +82,7 @@ def _fact_count(value: float | None) -> str:
 
 def _protocol_remark(annotator: str) -> str:
     """What an ANAH-v2 annotator id (``AnahV2Annotator.annotator_id``) says about the measurement."""
-    from .protocol import CHAT_TEMPLATE, PROMPTS, pin_of_kind
+    from .protocol import CHAT_TEMPLATE, PROMPTS, SPLITTER, pin_of_kind
 
     fields = dict(part.split("=", 1) for part in annotator.split() if "=" in part)
     if "protocol" not in fields:
@@ -90,7 +90,8 @@ def _protocol_remark(annotator: str) -> str:
     # Everything eval.py fixes: its prompts, LMDeploy 0.5.2's system message, its splitter, an unlabelled
     # answer counted as not hallucinated, and the engine's default answer length.
     official = {"protocol": "official", "splitter": "anah-v2", "prompts_sha256": pin_of_kind(PROMPTS).sha256,
-                "system_sha256": pin_of_kind(CHAT_TEMPLATE).sha256, "unparseable": "ok", "max_new_tokens": "512"}
+                "system_sha256": pin_of_kind(CHAT_TEMPLATE).sha256,
+                "sentence_rewrites_sha256": pin_of_kind(SPLITTER).sha256, "unparseable": "ok", "max_new_tokens": "512"}
     differs = [f"{k} {fields.get(k, 'unrecorded')}" for k, v in official.items() if fields.get(k) != v]
     if not differs:
         return " — the official ANAH-v2 measurement (pinned official prompts and system message, official splitter)"

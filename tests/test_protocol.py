@@ -19,7 +19,8 @@ import pytest
 from click.testing import CliRunner
 
 from maskdpo import protocol
-from tests.doubles.anah_judge_double import (SYNTHETIC_META, SYNTHETIC_MODEL, SYNTHETIC_PROMPTS, synthetic_pins,
+from tests.doubles.anah_judge_double import (SYNTHETIC_META, SYNTHETIC_MODEL, SYNTHETIC_PROMPTS,
+                                             SYNTHETIC_SPLITTER, synthetic_pins,
                                              synthetic_prompt_functions, write_protocol_files)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +68,7 @@ def serve_synthetic(server, prompts=SYNTHETIC_PROMPTS, model=SYNTHETIC_MODEL):
     pins = synthetic_pins()
     server.files[f"/{pins[0]['repo']}/{pins[0]['commit']}/{pins[0]['path']}"] = prompts.encode("utf-8")
     server.files[f"/{pins[1]['repo']}/{pins[1]['commit']}/{pins[1]['path']}"] = model.encode("utf-8")
+    server.files[f"/{pins[2]['repo']}/{pins[2]['commit']}/{pins[2]['path']}"] = SYNTHETIC_SPLITTER.encode("utf-8")
     return f"http://127.0.0.1:{server.server_address[1]}"
 
 
@@ -188,12 +190,12 @@ def test_parsing_never_runs_the_file(tmp_path):
 
 def test_add_checks_the_hash_and_stores_by_it(synthetic, tmp_path):
     prompts, model, _ = synthetic
-    assert [r["status"] for r in protocol.listing()] == ["missing", "missing"]
+    assert [r["status"] for r in protocol.listing()] == ["missing", "missing", "missing"]
     pin, path = protocol.add(prompts)
     assert pin.kind == "prompts" and path == tmp_path / "cache" / "protocol" / hashlib.sha256(prompts.read_bytes()).hexdigest()
     assert path.read_bytes() == prompts.read_bytes()
     protocol.add(model)
-    assert [r["status"] for r in protocol.listing()] == ["cached", "cached"]
+    assert [r["status"] for r in protocol.listing()] == ["cached", "cached", "missing"]
 
     other = tmp_path / "other.py"
     other.write_text(SYNTHETIC_PROMPTS + "# edited\n")
@@ -243,12 +245,14 @@ def test_load_from_the_cache_or_a_local_file(synthetic, tmp_path):
 def test_fetch_downloads_checks_and_caches(synthetic, file_server):
     base = serve_synthetic(file_server)
     rows = protocol.fetch(base)
-    assert [(pin.kind, downloaded) for pin, _, downloaded in rows] == [("prompts", True), ("chat-template", True)]
+    assert [(pin.kind, downloaded) for pin, _, downloaded in rows] == [
+        ("prompts", True), ("chat-template", True), ("splitter", True)]
     assert file_server.requests == ["/synthetic/anah/" + "0" * 40 + "/eval/anah_v2/anahv2_prompt.py",
-                                    "/synthetic/lmdeploy/" + "1" * 40 + "/lmdeploy/model.py"]
-    assert [r["status"] for r in protocol.listing()] == ["cached", "cached"]
+                                    "/synthetic/lmdeploy/" + "1" * 40 + "/lmdeploy/model.py",
+                                    "/synthetic/anah/" + "0" * 40 + "/eval/anah_v2/utils.py"]
+    assert [r["status"] for r in protocol.listing()] == ["cached", "cached", "cached"]
     again = protocol.fetch(base)
-    assert [d for _, _, d in again] == [False, False] and len(file_server.requests) == 2  # nothing downloaded twice
+    assert [d for _, _, d in again] == [False, False, False] and len(file_server.requests) == 3  # no second download
 
 
 def test_first_use_fetches_through_the_base_url_environment(synthetic, file_server, monkeypatch):
@@ -308,6 +312,25 @@ def test_cli_fetch(synthetic, file_server):
     base = serve_synthetic(file_server)
     result = CliRunner().invoke(main, ["protocol", "fetch", "--base-url", base])
     assert result.exit_code == 0, result.output
-    assert result.output.count("downloaded") == 2
+    assert result.output.count("downloaded") == 3
     offline = CliRunner().invoke(main, ["protocol", "fetch", "--base-url", "http://127.0.0.1:9"])
-    assert offline.exit_code == 0 and offline.output.count("cached") == 2  # already there: no download needed
+    assert offline.exit_code == 0 and offline.output.count("cached") == 3  # already there: no download needed
+
+
+def test_the_splitter_rewrite_rules_are_read_without_running_the_file(tmp_path):
+    rules = protocol.parse_rewrite_rules(SYNTHETIC_SPLITTER)
+    assert rules.before[0][1] == r"\1\2." and len(rules.before) == 3 and len(rules.after) == 5
+    assert rules.after[-1] == (r"D\.\s+C\.", "D.C.")
+    swapped = SYNTHETIC_SPLITTER.replace("if not recover:", "if recover:")
+    assert protocol.parse_rewrite_rules(swapped).before == rules.after  # the branch that recovers comes after
+
+
+@pytest.mark.parametrize("source,message", [
+    ("import re\n", "no top-level function sentence_tokenize_process_dot"),
+    ("def sentence_tokenize_process_dot(text, recover=False):\n    return text\n", "expected `if not recover"),
+    (SYNTHETIC_SPLITTER.replace('"D.C.", text)', 'REPLACEMENT, text)'), "literal strings"),
+    (SYNTHETIC_SPLITTER.replace("text = re.sub(r\"^(", "print(__import__('os')) or re.sub(r\"^("), "literal strings"),
+])
+def test_a_splitter_file_of_another_shape_is_a_clear_error(source, message):
+    with pytest.raises(protocol.ProtocolError, match=message):
+        protocol.parse_rewrite_rules(source, "utils.py")

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from maskdpo import protocol
 from maskdpo.annotate.anah_v2 import (AnahV2Annotator, PromptFileError, UnparseableAnswer, official_sentence_text,
@@ -27,7 +25,8 @@ from maskdpo.records import Annotation, Question, Sample
 from maskdpo.sample import settings_path
 from maskdpo.sentences import split_sentences
 from tests.doubles.anah_judge_double import (SYNTHETIC_META, SYNTHETIC_PROMPTS, ScriptedAnahJudgeDouble,
-                                             synthetic_pins, synthetic_prompt_functions, write_protocol_files)
+                                             synthetic_pins, synthetic_prompt_functions, synthetic_sentence_tokenize,
+                                             write_protocol_files)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EN_RESPONSE = ("Hello there! Ada Lovelace was born in 1815. She lived on Mars. She wrote the first program. "
@@ -92,7 +91,7 @@ def expected_requests() -> list[list[dict]]:
     out = []
     for sample in samples():
         q = QUESTIONS[sample.question_id]
-        for sentence in reference_sentences(sample.response, q.language):  # the official splitter's texts
+        for sentence in synthetic_sentence_tokenize(sample.response, q.language):  # the official splitter's texts
             out += official_conversation(q, sentence, SCRIPT[sentence])
     return out
 
@@ -110,6 +109,7 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv(protocol.BASE_URL_ENV, "http://127.0.0.1:9")
     protocol.add(prompts)
     protocol.add(model)
+    protocol.add(prompts.parent / "utils.py")
     return prompts, model, pins
 
 
@@ -183,12 +183,12 @@ def test_unparseable_rule(cache):
 
 
 def test_annotator_id_names_protocol_prompts_and_splitter(cache):
-    prompts_sha, model_sha = (p["sha256"] for p in synthetic_pins())
+    prompts_sha, model_sha, splitter_sha = (p["sha256"] for p in synthetic_pins())
     annotator = AnahV2Annotator(backend=ScriptedAnahJudgeDouble(SCRIPT))
     assert annotator.annotator_id == (
         f"anah-v2 protocol=official prompts=official prompts_sha256={prompts_sha} "
         f"system=lmdeploy-0.5.2:InternLMChat7B.meta_instruction system_sha256={model_sha} "
-        "splitter=anah-v2 unparseable=ok max_new_tokens=512 judge=scripted-anah-judge-double")
+        f"sentence_rewrites_sha256={splitter_sha} splitter=anah-v2 unparseable=ok max_new_tokens=512 judge=scripted-anah-judge-double")
     other = AnahV2Annotator(backend=ScriptedAnahJudgeDouble(SCRIPT), splitter="maskdpo", prompts="maskdpo")
     assert "protocol=maskdpo" in other.annotator_id and "splitter=maskdpo" in other.annotator_id
 
@@ -279,7 +279,8 @@ def test_cli_official_protocol_against_a_served_judge(tmp_path, monkeypatch):
            protocol.BASE_URL_ENV: "http://127.0.0.1:9"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    added = subprocess.run([sys.executable, "-m", "maskdpo.cli", "protocol", "add", str(prompts), str(model)],
+    added = subprocess.run([sys.executable, "-m", "maskdpo.cli", "protocol", "add", str(prompts), str(model),
+                            str(prompts.parent / "utils.py")],
                            capture_output=True, text=True, env={**os.environ, **env}, cwd=REPO_ROOT, timeout=120)
     assert added.returncode == 0, added.stderr
     qpath, spath = write_inputs(tmp_path)
@@ -353,66 +354,18 @@ def test_eval_run_passes_the_annotator_options():
 
 # ---------------------------------------------------------------- the sentence text the judge sees
 
-# The official splitter's rewrite rules, written out again here as a whole-text procedure (rewrite the
-# response, split it, strip, rewrite each sentence back): the independent construction the per-span
-# function must agree with.
-_T = "(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sept|Oct|Nov|Dec|No|Op|D|Dr|St)"
-FORWARD = [("O\\.S\\.B\\.M\\. ", "O.S.B.M."), (r"(\W|^)([A-Z]\.) ?([A-Z]\.) ?([A-Za-z])", r"\1\2\3\4"),
-           (r"(\W|^)([A-Z]\.) ?([A-Za-z])", r"\1\2\3"), (r"((\n\s*)|(\. ))(\d+)\.\s+", r"\1\4."),
-           (r"^(\d+)\.\s+", r"\1."), (r"(\W|^)" + _T + r"\.\s+", r"\1\2."), (r"(\W|^)(et al)\.\s+([a-z])", r"\1\2.\3"),
-           (r"Alexander v\. Holmes", "Alexander v.Holmes"), (r"Brown v\. Board", "Brown v.Board")]
-BACK = [(r"^(\d+)\.", r"\1. "), (r"(\W|^)([A-Z]\.) ?([A-Z]\.) ?([A-Za-z])", r"\1\2 \3 \4"),
-        (r"(\W|^)([A-Z]\.) ?([A-Z][a-z])", r"\1\2 \3"), (r"(\W|^)" + _T + r"\.", r"\1\2. "),
-        (r"(\W|^)(et al)\.([a-z])", r"\1\2. \3"), ("O\\.S\\.B\\.M\\.", "O.S.B.M. "), ("U\\. +S\\.", "U.S."),
-        ("U\\.S\\. *S\\. *R\\.", "U.S.S.R."), ("D\\. +C\\.", "D.C."), ("D\\. +Roosevelt", "D. Roosevelt"),
-        ("A\\. *D\\. *(\\W)", r"A.D.\1"), ("A\\. +D\\.", "A.D."), ("F\\. +C\\.", "F.C."), ("J\\. +League", "J.League"),
-        (r"Alexander v\. *Holmes", "Alexander v. Holmes"), (r"Brown v\. *Board", "Brown v. Board")]
-
-
-def reference_sentences(text: str, language: str) -> list[str]:
-    import re
-
-    if language == "zh":
-        parts = re.split("(。|！|？|；|\n+)", re.sub(r"([:：])(\s+)", r"\1", text))
-        return [s for s in ("".join(parts[i:i + 2]).strip() for i in range(0, len(parts), 2)) if s]
-    for pattern, repl in FORWARD:
-        text = re.sub(pattern, repl, text)
-    parts = re.split(r"((?:[.!?;]\s+)|(?:\n+))", re.sub(r"([:：])(\s+)", r"\1 ", text))
-    out = []
-    for i in range(0, len(parts), 2):
-        sentence = "".join(parts[i:i + 2]).strip()
-        if sentence:
-            for pattern, repl in BACK:
-                sentence = re.sub(pattern, repl, sentence)
-            out.append(sentence)
-    return out
-
-
-EN_WORDS = ["Ada", "was", "born", "J.", "K.", "U.", "S.", "D.", "C.", "A.", "F.", "Dr.", "Mr.", "St.", "Jan.", "No.",
-            "et al.", "v.", "Holmes", "Board", "Brown", "Alexander", "1.", "2.", "3.5", "e.g.", "facts:", "yes.", "no!",
-            "why?", "ok;", "\"yes.\"", "(1815).", "O.S.B.M.", "League", "Roosevelt", "the", "-"]
-ZH_PIECES = ["北京", "是", "首都", "。", "！", "？", "；", "：", "“", "”", "1.", " ", "\n", "上海", "，", "3.5", "Dr."]
-
-
-def test_official_sentence_text_examples():
+def test_official_sentence_text_examples(cache):
+    # The rules come from the (synthetic) pinned splitter file: list numbers and "Mt." joined before the
+    # split and spaced after it, initials spaced, "D. C." closed up; a colon keeps one space.
+    rules = protocol.load_rewrite_rules()
     text = "Here are the facts:\n1. Ada Lovelace was born in 1815.\n2. She met J.K. Rowling."
     spans = split_sentences(text, "en", rules="anah-v2")
-    assert [official_sentence_text(text[a:b], "en") for a, b in spans] == [
+    assert [official_sentence_text(text[a:b], "en", rules) for a, b in spans] == [
         "Here are the facts: 1.Ada Lovelace was born in 1815.", "2. She met J. K. Rowling."]
-    assert official_sentence_text("He lived in Washington, D. C. for years.", "en") == \
+    assert official_sentence_text("He lived in Washington, D. C. for years.", "en", rules) == \
         "He lived in Washington, D.C. for years."
-    assert official_sentence_text("要点如下：\n1. 北京是首都。", "zh") == "要点如下：1. 北京是首都。"
-    assert official_sentence_text("Ada Lovelace was born in 1815.", "en") == "Ada Lovelace was born in 1815."
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(EN_WORDS), st.sampled_from([" ", " ", "  ", "\n", "\n\n", "\n  ", ""])),
-                min_size=1, max_size=20),
-       st.lists(st.sampled_from(ZH_PIECES), min_size=1, max_size=20))
-def test_official_sentence_text_per_span_equals_the_whole_text_procedure(en_words, zh_pieces):
-    for text, language in (("".join(w + s for w, s in en_words), "en"), ("".join(zh_pieces), "zh")):
-        spans = split_sentences(text, language, rules="anah-v2")
-        assert [official_sentence_text(text[a:b], language) for a, b in spans] == reference_sentences(text, language)
+    assert official_sentence_text("要点如下：\n1. 北京是首都。", "zh", rules) == "要点如下：1. 北京是首都。"
+    assert official_sentence_text("Ada Lovelace was born in 1815.", "en", rules) == "Ada Lovelace was born in 1815."
 
 
 def test_the_judge_sees_the_official_sentence_text_and_the_record_keeps_the_span(cache):

@@ -75,60 +75,27 @@ OFFICIAL_NO_REFERENCE = ("noreferenceinformation", "无参考信息")
 OFFICIAL_TYPES = ((("nohallucination", "无幻觉"), "ok"), (("contradictory", "矛盾"), "contradictory"),
                   (("unverifiable", "无法验证"), "unverifiable"))
 
-# The text the official splitter hands the judge for a sentence (``utils.py::sentence_tokenize``):
-# English text is rewritten before splitting (spaces after initials, list numbers and some
-# abbreviations removed, whitespace after a colon made one space) and each sentence rewritten back
-# (spacing re-inserted, a few fixed names normalised); Chinese loses the whitespace after a colon.
-_TITLES = r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sept|Oct|Nov|Dec|No|Op|D|Dr|St)"
-_EN_BEFORE_SPLIT = [
-    (r"O\.S\.B\.M\. ", "O.S.B.M."),
-    (r"(\W|^)([A-Z]\.) ?([A-Z]\.) ?([A-Za-z])", r"\1\2\3\4"),
-    (r"(\W|^)([A-Z]\.) ?([A-Za-z])", r"\1\2\3"),
-    (r"((\n\s*)|(\. ))(\d+)\.\s+", r"\1\4."),
-    (r"^(\d+)\.\s+", r"\1."),
-    (r"(\W|^)" + _TITLES + r"\.\s+", r"\1\2."),
-    (r"(\W|^)(et al)\.\s+([a-z])", r"\1\2.\3"),
-    (r"Alexander v\. Holmes", "Alexander v.Holmes"),
-    (r"Brown v\. Board", "Brown v.Board"),
-    (r"([:：])(\s+)", r"\1 "),
-]
-_EN_AFTER_SPLIT = [
-    (r"^(\d+)\.", r"\1. "),
-    (r"(\W|^)([A-Z]\.) ?([A-Z]\.) ?([A-Za-z])", r"\1\2 \3 \4"),
-    (r"(\W|^)([A-Z]\.) ?([A-Z][a-z])", r"\1\2 \3"),
-    (r"(\W|^)" + _TITLES + r"\.", r"\1\2. "),
-    (r"(\W|^)(et al)\.([a-z])", r"\1\2. \3"),
-    (r"O\.S\.B\.M\.", "O.S.B.M. "),
-    (r"U\. +S\.", "U.S."),
-    (r"U\.S\. *S\. *R\.", "U.S.S.R."),
-    (r"D\. +C\.", "D.C."),
-    (r"D\. +Roosevelt", "D. Roosevelt"),
-    (r"A\. *D\. *(\W)", r"A.D.\1"),
-    (r"A\. +D\.", "A.D."),
-    (r"F\. +C\.", "F.C."),
-    (r"J\. +League", "J.League"),
-    (r"Alexander v\. *Holmes", "Alexander v. Holmes"),
-    (r"Brown v\. *Board", "Brown v. Board"),
-]
 
-
-def official_sentence_text(sentence: str, language: str) -> str:
+def official_sentence_text(sentence: str, language: str, rules: Any) -> str:
     """The text ANAH-v2's official splitter gives the judge for one of its sentences.
 
     ``sentence`` is the untouched text of a span from
-    ``split_sentences(..., rules="anah-v2")``. The official function rewrites
-    the whole response, splits it, strips each sentence and rewrites it back;
-    every rewrite matches within one official sentence (a match across a
-    boundary removes the whitespace the split needs, so the two are one
-    sentence), which is why applying them to the span alone gives the same text.
+    ``split_sentences(..., rules="anah-v2")``; ``rules`` the official rewrite
+    rules (:func:`maskdpo.protocol.load_rewrite_rules`, read from the pinned
+    file). The official function rewrites the whole response, splits it,
+    strips each sentence and rewrites it back; every rewrite matches within
+    one official sentence (a match across a boundary removes the whitespace
+    the split needs, so the two are one sentence), which is why applying them
+    to the span alone gives the same text. Both languages also close up the
+    whitespace after a colon (Chinese: none is left; English: one space).
     """
     if language == "zh":
         return re.sub(r"([:：])(\s+)", r"\1", sentence).strip()
     text = sentence
-    for pattern, replacement in _EN_BEFORE_SPLIT:
+    for pattern, replacement in rules.before:
         text = re.sub(pattern, replacement, text)
-    text = text.strip()
-    for pattern, replacement in _EN_AFTER_SPLIT:
+    text = re.sub(r"([:：])(\s+)", r"\1 ", text).strip()
+    for pattern, replacement in rules.after:
         text = re.sub(pattern, replacement, text)
     return text
 
@@ -298,6 +265,7 @@ class OfficialJudgeProtocol:
     meta_instruction: str
     prompt_source: str  # "official" (the cache) or the local file given
     template_sha256: str
+    rewrite_rules: Any  # maskdpo.protocol.RewriteRules: the sentence text the official splitter gives the judge
     name: str = OFFICIAL
     default_unparseable: str = "ok"  # the official score counts an unlabelled sentence as not hallucinated
     stop: tuple[str, ...] = JUDGE_STOP
@@ -307,7 +275,8 @@ class OfficialJudgeProtocol:
 
     def provenance(self) -> str:
         return (f"protocol=official prompts={self.prompt_source} prompts_sha256={self.prompts.sha256} "
-                f"system=lmdeploy-0.5.2:InternLMChat7B.meta_instruction system_sha256={self.template_sha256}")
+                f"system=lmdeploy-0.5.2:InternLMChat7B.meta_instruction system_sha256={self.template_sha256} "
+                f"sentence_rewrites_sha256={self.rewrite_rules.sha256}")
 
     def opening(self, values: dict[str, str], language: str) -> list[dict]:
         return [{"role": "system", "content": self.meta_instruction},
@@ -384,7 +353,7 @@ def load_protocol(prompts: str | Path | None = OFFICIAL, *, allow_unpinned: bool
         functions = assets.load_prompt_functions(None if value == OFFICIAL else path, allow_unpinned=allow_unpinned)
         meta, pin = assets.load_meta_instruction()
         return OfficialJudgeProtocol(prompts=functions, meta_instruction=meta, prompt_source=value,
-                                     template_sha256=pin.sha256)
+                                     template_sha256=pin.sha256, rewrite_rules=assets.load_rewrite_rules())
     raise PromptFileError(f"--prompts {value!r}: expected official, maskdpo, an official-shaped prompt file "
                           "(FILE.py) or a JSON prompt file (FILE.json)")
 
@@ -495,7 +464,7 @@ class AnahV2Annotator:
         """The sentence as the judge sees it: under the official protocol with the official splitter, the
         official splitter's text (:func:`official_sentence_text`); otherwise the span's own text."""
         if self.protocol.name == OFFICIAL and self.splitter == "anah-v2":
-            return official_sentence_text(sentence, language)
+            return official_sentence_text(sentence, language, self.protocol.rewrite_rules)
         return sentence
 
     def _turn(self, turn_index: int, convs: list[_Conversation], where: list[tuple[str, int, int]]) -> None:

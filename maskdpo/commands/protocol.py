@@ -17,7 +17,8 @@ def protocol_command() -> None:
 
     The judge is fine-tuned on one exact protocol. Its prompt functions (ANAH's
     eval/anah_v2/anahv2_prompt.py) and InternLM's default system message
-    (LMDeploy 0.5.2's lmdeploy/model.py) are downloaded at pinned commits,
+    (LMDeploy 0.5.2's lmdeploy/model.py) and its splitter's sentence rewrites
+    (ANAH's eval/anah_v2/utils.py) are downloaded at pinned commits,
     checked by sha256, and kept in $MASKDPO_CACHE/protocol/<sha256>
     (default ~/.cache/maskdpo). `maskdpo annotate --prompts official` reads them
     from there (and fetches them on first use).

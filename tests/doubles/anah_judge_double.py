@@ -153,22 +153,64 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def synthetic_pins(prompts: str = SYNTHETIC_PROMPTS, model: str = SYNTHETIC_MODEL) -> list[dict]:
+# The shape of ANAH's utils.py around its splitter's rewrite rules (`re.sub` before the split, and
+# back after it); the rules are our own: list numbers and "Mt." joined to the next word before the
+# split, spaced again after it, and initials joined to the name they precede, then spaced.
+SYNTHETIC_SPLITTER = '''\
+import re
+
+
+def sentence_tokenize_process_dot(text, recover=False):
+    """A synthetic stand-in of the shape of a splitter's rewrite helper."""
+    if not recover:
+        text = re.sub(r"(^|\\n\\s*)(\\d+)\\.\\s+", r"\\1\\2.", text)  # 1. Item
+        text = re.sub(r"\\bMt\\.\\s+", "Mt.", text)
+        text = re.sub(r"\\b([A-Z])\\.([A-Z])\\.\\s+([A-Z])", r"\\1.\\2.\\3", text)  # J.K. Rowling
+    else:
+        text = re.sub(r"^(\\d+)\\.", r"\\1. ", text)
+        text = re.sub(r"\\bMt\\.", "Mt. ", text)
+        text = re.sub(r"\\b([A-Z])\\.([A-Z])\\.([A-Z])", r"\\1. \\2. \\3", text)
+        text = re.sub(r"\\b([A-Z])\\.([A-Z])\\.", r"\\1. \\2.", text)  # J.K. -> J. K.
+        text = re.sub(r"D\\.\\s+C\\.", "D.C.", text)
+    return text
+'''
+
+
+def synthetic_pins(prompts: str = SYNTHETIC_PROMPTS, model: str = SYNTHETIC_MODEL,
+                   splitter: str = SYNTHETIC_SPLITTER) -> list[dict]:
     """Pins for the synthetic files, in the official pins' layout (repo, commit, path)."""
     return [{"kind": "prompts", "repo": "synthetic/anah", "commit": "0" * 40, "path": "eval/anah_v2/anahv2_prompt.py",
              "sha256": sha256_text(prompts)},
             {"kind": "chat-template", "repo": "synthetic/lmdeploy", "commit": "1" * 40, "path": "lmdeploy/model.py",
-             "sha256": sha256_text(model)}]
+             "sha256": sha256_text(model)},
+            {"kind": "splitter", "repo": "synthetic/anah", "commit": "0" * 40, "path": "eval/anah_v2/utils.py",
+             "sha256": sha256_text(splitter)}]
 
 
 def write_protocol_files(folder: Path) -> tuple[Path, Path, Path]:
-    """Write the synthetic prompt file, model file and a pins JSON; returns their paths."""
+    """Write the synthetic prompt file, model file, splitter file (``folder/utils.py``) and a pins JSON;
+    returns the paths of the first two and of the pins."""
     folder.mkdir(parents=True, exist_ok=True)
     prompts, model, pins = folder / "anahv2_prompt.py", folder / "model.py", folder / "pins.json"
     prompts.write_text(SYNTHETIC_PROMPTS, encoding="utf-8")
     model.write_text(SYNTHETIC_MODEL, encoding="utf-8")
+    (folder / "utils.py").write_text(SYNTHETIC_SPLITTER, encoding="utf-8")
     pins.write_text(json.dumps(synthetic_pins()), encoding="utf-8")
     return prompts, model, pins
+
+
+def synthetic_sentence_tokenize(text: str, language: str) -> list[str]:
+    """The whole-text procedure of a rewrite-then-split splitter, run with the synthetic rules (Python
+    runs our own test file): rewrite, close up colons, split, strip, rewrite each sentence back."""
+    namespace: dict = {}
+    exec(compile(SYNTHETIC_SPLITTER, "synthetic_utils.py", "exec"), namespace)  # our own test text
+    rewrite = namespace["sentence_tokenize_process_dot"]
+    if language == "zh":
+        parts = re.split("(。|！|？|；|\n+)", re.sub(r"([:：])(\s+)", r"\1", text))
+        return [s for s in ("".join(parts[i:i + 2]).strip() for i in range(0, len(parts), 2)) if s]
+    parts = re.split(r"((?:[.!?;]\s+)|(?:\n+))", re.sub(r"([:：])(\s+)", r"\1 ", rewrite(text)))
+    sentences = ("".join(parts[i:i + 2]).strip() for i in range(0, len(parts), 2))
+    return [rewrite(s, recover=True) for s in sentences if s]
 
 
 def synthetic_prompt_functions() -> dict:
