@@ -4,8 +4,8 @@ import sqlite3
 import pytest
 
 from maskdpo.backends.base import Decoding
-from maskdpo.metrics.factscore import (FactItem, factscore, is_abstention, length_penalty, parse_facts,
-                                       parse_support, split_sentences)
+from maskdpo.metrics.factscore import (FactItem, english_sentences, factscore, is_abstention, length_penalty,
+                                       parse_facts, parse_support)
 from maskdpo.metrics.judge import CachedJudge
 from maskdpo.metrics.retrieval import (FACTSCORE_SEPARATOR, BM25Retriever, MissingArticle, WikiDB,
                                        split_passages)
@@ -58,7 +58,7 @@ def test_parsers_and_malformed_output():
     assert parse_support("True.") is True and parse_support("false") is False
     assert parse_support("Not true, the passages say otherwise") is False
     assert parse_support("The answer is unclear") is None
-    assert split_sentences("Ada was born in 1815. She died in 1852!\nNew line") == [
+    assert english_sentences("Ada was born in 1815. She died in 1852!\nNew line") == [
         "Ada was born in 1815.", "She died in 1852!", "New line"]
 
 

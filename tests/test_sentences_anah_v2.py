@@ -232,7 +232,7 @@ def test_corpus_tells_the_two_rule_sets_apart():
 
 
 def test_factscore_sentences_follow_the_anah_v2_rules_by_default():
-    from maskdpo.metrics.factscore import split_sentences as factscore_sentences
+    from maskdpo.metrics.factscore import english_sentences as factscore_sentences
 
     text = "Mr. Smith was born in 1815.\nFacts:\n1. He wrote it."
     assert factscore_sentences(text) == ["Mr.", "Smith was born in 1815.", "Facts:\n1. He wrote it."]

@@ -70,7 +70,7 @@ def main() -> None:
     import torch
 
     from maskdpo.backends.base import Decoding, load_backend
-    from maskdpo.metrics.factscore import FactItem, factscore, split_sentences, support_messages
+    from maskdpo.metrics.factscore import FactItem, english_sentences, factscore, support_messages
     from maskdpo.metrics.judge import CachedJudge
     from maskdpo.metrics.retrieval import BM25Retriever, WikiDB
 
@@ -93,7 +93,7 @@ def main() -> None:
         retriever = BM25Retriever()
 
         # 1. support judging on a fixed fact list
-        facts = [(it.topic, s) for it in items for s in split_sentences(it.response)]
+        facts = [(it.topic, s) for it in items for s in english_sentences(it.response)]
         prompts = [support_messages(t, f, retriever.retrieve(t, f"{t} {f}", db.passages(t), 5)) for t, f in facts]
         print(f"\n1. support judging, {len(prompts)} facts")
         print(f"{'run':<24}{'judge calls':>12}{'seconds':>9}{'facts/s':>9}{'supported':>10}", flush=True)

@@ -108,8 +108,8 @@ def length_penalty(n_facts: int, gamma: float = 10) -> float:
     return math.exp(1 - gamma / n_facts)
 
 
-def split_sentences(text: str, rules: str = "anah-v2") -> list[str]:
-    """Sentences for fact splitting: English, by the ANAH-v2 judge's sentence rules unless ``rules`` says otherwise."""
+def english_sentences(text: str, rules: str = "anah-v2") -> list[str]:
+    """The sentence texts of ``text`` for fact splitting: English, by the ANAH-v2 judge's sentence rules unless ``rules`` says otherwise."""
     from ..sentences import split_sentences as spans_of
 
     return [text[a:b] for a, b in spans_of(text, "en", rules=rules)]
@@ -120,7 +120,7 @@ def is_abstention(response: str) -> bool:
     text = response.strip().lower().replace("\u2019", "'")
     if not text:
         return True
-    head = " ".join(split_sentences(text)[:2])
+    head = " ".join(english_sentences(text)[:2])
     return any(phrase in head for phrase in ABSTENTION_PHRASES)
 
 
@@ -243,7 +243,7 @@ def factscore(items: Sequence[FactItem], judge: CachedJudge, db: WikiDB, retriev
 
     # Phase 1: atomic facts, one judge call per sentence of every responding item.
     sentence_of: list[tuple[int, str]] = [(i, s) for i, it in enumerate(items) if results[i].status == "scored"
-                                          for s in split_sentences(it.response)]
+                                          for s in english_sentences(it.response)]
     answers = judge.ask([fact_messages(s) for _, s in sentence_of], progress="atomic facts" if progress else None)
     for (i, _), answer in zip(sentence_of, answers):
         facts = parse_facts(answer)
