@@ -48,7 +48,8 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="maskdpo")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show an error's traceback instead of the one-line message.")
+def main(debug: bool) -> None:
     """maskdpo: Mask-DPO factuality alignment, native to XTuner and LMDeploy.
 
     The pipeline: sample → annotate → pairs → xtuner train → convert → eval.

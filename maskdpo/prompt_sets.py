@@ -204,6 +204,13 @@ def read_question_source(source: str | os.PathLike, *, split: str | None = None,
     return out
 
 
+def load_questions(source: str | os.PathLike, *, skip_invalid: bool = False, allow_empty: bool = False,
+                   stats: ReadStats | None = None) -> list[Question]:
+    """The questions of a ``--questions`` source in source order (:func:`read_question_source`)."""
+    return [q for _, q in read_question_source(source, skip_invalid=skip_invalid, allow_empty=allow_empty,
+                                               stats=stats)]
+
+
 def _split_where(where: str) -> tuple[str, int | None]:
     """``(file, line)`` of a ``file:line`` place, ``(place, None)`` of a ``source[split] row N`` one."""
     path, _, line = where.rpartition(":")

@@ -22,12 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, Optional
 
-from .backends.base import ChatBackend, Decoding, GenerationRequest, finish_reason_of, load_backend
+from .backends.base import ChatBackend, Decoding, GenerationRequest, finish_reason_of
 from .backends.prompting import derive_seed
 from .jsonl import JsonlAppender, ReadStats
+from .prompt_sets import load_questions
 from .records import Question, Sample
-from .settings import check_resumable as check_settings_resumable, knob, settings_dict, write_settings
-from .validate import check_output_file
+from .settings import knob, settings_dict, write_settings
+from .stage import BackendSettings, check_model_path, check_outputs, check_resumable, parse_shard, select_items, \
+    settings_path
 
 # Settings that change what a sample is; resuming into a file made with others is an error.
 IDENTITY_FIELDS = ("questions", "model", "backend", "n", "top_k", "top_p", "temperature", "max_new_tokens", "seed",
@@ -35,14 +37,15 @@ IDENTITY_FIELDS = ("questions", "model", "backend", "n", "top_k", "top_p", "temp
 
 
 @dataclass
-class SampleSettings:
+class SampleSettings(BackendSettings):
+    """The sampling stage's knobs; the backend's (``--backend``, ``--device``, ``--base-url`` ...) are
+    inherited from :class:`maskdpo.stage.BackendSettings`."""
+
     questions: Path = knob(None, "Questions: a JSONL file of question records (id, question, topic, language, "
                                  "document), or ANAH's layouts (question_document.jsonl, opencompass/anah) as a "
                                  "file, a dataset folder or a Hub name; ids as `eval run` gives them.")
     out: Path = knob(None, "Samples JSONL to write (appended to and resumed if it exists).")
     model: str = knob(None, "Model path or served model name (the policy being aligned: sample on-policy).")
-    backend: str = knob("hf", "Generation backend: lmdeploy (in-process, GPU), openai (any OpenAI-compatible "
-                              "server, e.g. `lmdeploy serve api_server`), hf (transformers, CPU or GPU).")
     n: int = knob(8, "Responses per question.")
     top_k: int = knob(40, "Top-k (paper: 40).")
     top_p: float = knob(1.0, "Top-p; keep 1.0 (paper). Always sent explicitly so model defaults cannot leak in.")
@@ -55,73 +58,8 @@ class SampleSettings:
     shard: str = knob("0/1", "K/N: take the K-th (0-based) of N contiguous blocks of the questions.")
     batch_size: int = knob(16, "hf, lmdeploy: questions per backend call (and per write). The openai backend "
                                "streams: each question is written as soon as it is complete.")
-    device: str = knob("auto", "hf backend: auto, cpu or cuda.")
-    trust_remote_code: bool = knob(False, "hf and lmdeploy backends: run the model repository's own code "
-                                          "(needed by repos that ship their modeling code, e.g. InternLM2).")
-    tp: int = knob(1, "lmdeploy backend: GPUs for tensor parallelism.")
-    engine: str = knob("turbomind", "lmdeploy backend: turbomind or pytorch.")
-    base_url: Optional[str] = knob(None, "openai backend: server URL, e.g. http://127.0.0.1:23333/v1 "
-                                         "(default: $OPENAI_BASE_URL).")
-    api_key: Optional[str] = knob(None, "openai backend: API key (default: $OPENAI_API_KEY). Never written to disk.")
-    concurrency: int = knob(8, "openai backend: calls in flight.")
-    server_profile: Literal["auto", "extended", "openai"] = knob(
-        "auto", "openai backend: which sampling fields the server is sent. extended: top_k, min_p 0 and "
-                "repetition penalty 1.0 too (vLLM, LMDeploy, llama.cpp); openai: OpenAI's own fields only (top_k "
-                "is then NOT sent, and said so); auto: extended, switching once to openai if the server refuses "
-                "the extra fields.")
-    server_n: bool = knob(False, "openai backend: one call with n and the question's seed instead of n calls with "
-                                 "per-response seeds (only for servers that honour n).")
-    tokenizer: Optional[str] = knob(None, "openai backend: a local copy of the served model's tokenizer, to record "
-                                          "the chat template the server is expected to apply.")
-    max_retries: int = knob(5, "openai backend: retries of a failed call (connection errors, timeouts, HTTP 429/"
-                               "502/503/504; HTTP 500 at most twice; other errors never).")
-    timeout: float = knob(600.0, "openai backend: seconds per call.")
-    allow_model_mismatch: bool = knob(False, "openai backend: only warn (and count) when the server serves another "
-                                             "model than --model, instead of stopping.")
     skip_invalid: bool = knob(False, "Skip and count malformed question lines instead of stopping.")
     allow_empty: bool = knob(False, "Accept a questions file with no question (otherwise an error).")
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"K/N"`` → (K, N) with 0 <= K < N."""
-    try:
-        k, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard must look like K/N (e.g. 0/8), got {text!r}") from None
-    if n < 1 or not 0 <= k < n:
-        raise ValueError(f"--shard K/N needs 0 <= K < N, got {text!r}")
-    return k, n
-
-
-def shard_slice(count: int, k: int, n: int) -> range:
-    """The K-th of N contiguous blocks of ``range(count)``; sizes differ by at most one."""
-    return range(count * k // n, count * (k + 1) // n)
-
-
-def select_items(items: list, limit: int | None, shard: str) -> list:
-    """First ``limit`` items, then this shard's contiguous block."""
-    k, n = parse_shard(shard)
-    if limit is not None:
-        if limit < 0:
-            raise ValueError(f"--limit must be >= 0, got {limit}")
-        items = items[:limit]
-    return [items[i] for i in shard_slice(len(items), k, n)]
-
-
-def settings_path(out: Path) -> Path:
-    return out.with_name(out.name + ".settings.json")
-
-
-def check_resumable(path: Path, current: dict, fields: tuple[str, ...], output: Path | None = None) -> None:
-    """Refuse to append to an output made with different sample-defining settings.
-
-    ``path`` is the settings file next to ``output`` (:func:`settings_path`);
-    see :func:`maskdpo.settings.check_resumable`.
-    """
-    path = Path(path)
-    if output is None:
-        output = path.with_name(path.name[: -len(".settings.json")])
-    check_settings_resumable(path, current, fields, output)
 
 
 def validate(settings: SampleSettings) -> None:
@@ -149,44 +87,6 @@ def decoding_of(settings: SampleSettings) -> Decoding:
         return Decoding.greedy(settings.max_new_tokens)
     return Decoding(do_sample=True, top_k=settings.top_k, top_p=settings.top_p, temperature=settings.temperature,
                     max_new_tokens=settings.max_new_tokens)
-
-
-def backend_options(backend: str, settings: Any) -> dict:
-    """The options each backend takes from a stage's settings."""
-    common = {}
-    if getattr(settings, "trust_remote_code", None) is not None:  # one switch for hf and lmdeploy alike
-        common["trust_remote_code"] = settings.trust_remote_code
-    if backend == "hf":
-        return {"device": settings.device, "batch_size": settings.batch_size, **common}
-    if backend == "openai":
-        options = {"base_url": settings.base_url, "api_key": settings.api_key, "concurrency": settings.concurrency}
-        # Stages that do not declare a knob get the backend's default.
-        for name in ("server_profile", "server_n", "tokenizer", "max_retries", "timeout", "allow_model_mismatch"):
-            if getattr(settings, name, None) is not None:
-                options[name] = getattr(settings, name)
-        return options
-    if backend == "lmdeploy":
-        return {"tp": settings.tp, "engine": settings.engine, **common}
-    return {}
-
-
-def load_questions(path: Path | str, *, skip_invalid: bool = False, allow_empty: bool = False,
-                   stats: ReadStats | None = None) -> list[Question]:
-    """Questions in source order, from our question records or ANAH's layouts (``question_document.jsonl``,
-    ``opencompass/anah``; a local file, a dataset folder or a Hub name), with the ids ``eval run`` gives
-    them (:func:`maskdpo.prompt_sets.read_question_source`). A bad record or a repeated id is an error
-    naming file and line, an empty source an error unless ``allow_empty``."""
-    from .prompt_sets import read_question_source
-
-    return [q for _, q in read_question_source(path, skip_invalid=skip_invalid, allow_empty=allow_empty,
-                                               stats=stats)]
-
-
-def check_model_path(backend: str, model: str) -> None:
-    """A local model path that does not exist fails before anything else (hub names pass)."""
-    if backend in ("hf", "lmdeploy") and model.startswith(("/", "./", "../", "~")) \
-            and not Path(model).expanduser().exists():
-        raise FileNotFoundError(f"--model {model}: no such model folder")
 
 
 def prompt_messages(question: Question, system_prompt: str | None) -> list[dict]:
@@ -256,15 +156,14 @@ def run_sampling(settings: SampleSettings, backend: ChatBackend | None = None,
 
     validate(settings)
     out = Path(settings.out)
-    check_output_file(out)
-    check_output_file(settings_path(out), "settings file")
+    check_outputs(out)
     if backend is None:
         check_model_path(settings.backend, settings.model)
     questions = select_items(load_questions(Path(settings.questions), skip_invalid=settings.skip_invalid,
                                             allow_empty=settings.allow_empty, stats=read_stats),
                              settings.limit, settings.shard)
     recorded = dataclasses.replace(settings, api_key=None)  # never write a key to disk
-    check_resumable(settings_path(out), settings_dict(recorded), IDENTITY_FIELDS, out)
+    check_resumable(out, settings_dict(recorded), IDENTITY_FIELDS)
     decoding = decoding_of(settings)
 
     with JsonlAppender(out, key=lambda d: (str(d["question_id"]), int(d["sample_index"]))) as writer:
@@ -274,7 +173,7 @@ def run_sampling(settings: SampleSettings, backend: ChatBackend | None = None,
         if not pending:
             return SampleSummary(str(out), len(questions), 0, already, 0.0)
         if backend is None:
-            backend = load_backend(settings.backend, settings.model, **backend_options(settings.backend, settings))
+            backend = settings.load(settings.model, batch_size=settings.batch_size)
         write_settings(settings_path(out), recorded, backend_name=backend.name, decoding=decoding.to_dict(),
                        chat_template=getattr(backend, "chat_template_meta", None))
         start = time.perf_counter()  # after loading: the rate is the generation rate

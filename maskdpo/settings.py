@@ -32,15 +32,30 @@ def _option_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def option_fields(settings_cls: type) -> list[dataclasses.Field]:
+    """The fields of ``settings_cls`` in ``--help`` order: those the class declares first (in order), then
+    the inherited ones (the shared backend knobs of :mod:`maskdpo.stage`), so a stage's own options lead."""
+    own = set(settings_cls.__dict__.get("__annotations__", {}))
+    fields = dataclasses.fields(settings_cls)
+    return [f for f in fields if f.name in own] + [f for f in fields if f.name not in own]
+
+
 def click_options(settings_cls: type, exclude: tuple[str, ...] = ()) -> Callable:
-    """Decorator adding one click option per field of ``settings_cls``."""
+    """Decorator adding one click option per field of ``settings_cls``.
+
+    A class may word an inherited knob's help for its own stage with a class attribute
+    ``option_help = {"field": "text"}`` (the knob itself, its type and default, stays declared once),
+    and leave out inherited knobs that mean nothing to it with ``cli_exclude = ("field", ...)``.
+    """
     hints = typing.get_type_hints(settings_cls)
+    reworded = getattr(settings_cls, "option_help", {})
+    exclude = tuple(exclude) + tuple(getattr(settings_cls, "cli_exclude", ()))
     decorators = []
-    for f in dataclasses.fields(settings_cls):
+    for f in option_fields(settings_cls):
         if f.name in exclude:
             continue
         tp = hints[f.name]
-        help_text = f.metadata.get("help", "")
+        help_text = reworded.get(f.name, f.metadata.get("help", ""))
         if f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
@@ -83,7 +98,10 @@ def settings_from_options(settings_cls: type[S], options: dict[str, Any]) -> S:
 
 
 def settings_dict(settings: Any) -> dict:
-    return {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in dataclasses.asdict(settings).items()}
+    """The settings as JSON values; knobs the class does not offer (``cli_exclude``) are not its settings."""
+    left_out = set(getattr(type(settings), "cli_exclude", ()))
+    return {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in dataclasses.asdict(settings).items()
+            if k not in left_out}
 
 
 def write_settings(path: str | os.PathLike, settings: Any, **extra: Any) -> None:
@@ -118,35 +136,3 @@ def read_settings(path: str | os.PathLike) -> dict:
     if not isinstance(payload, dict):
         raise ValueError(f"{path}: the settings file is corrupt (expected a JSON object)")
     return payload
-
-
-def same_setting(previous: Any, current: Any) -> bool:
-    """Equal settings values; paths compare resolved, so ``q.jsonl`` and ``/abs/q.jsonl`` are the same file."""
-    if str(previous) == str(current):
-        return True
-    if isinstance(previous, str) and isinstance(current, (str, os.PathLike)) and previous and str(current):
-        a, b = Path(previous).expanduser(), Path(current).expanduser()
-        if a.exists() and b.exists():
-            return a.resolve() == b.resolve()
-    return False
-
-
-def check_resumable(path: str | os.PathLike, current: dict, fields: tuple[str, ...], output: str | os.PathLike) -> None:
-    """Refuse to append to ``output`` when it was made with different sample-defining settings.
-
-    ``path`` is the settings file next to ``output``. It must be readable when
-    it exists; when it is missing but ``output`` already holds records, the
-    settings they were made with are unknown, which is an error too.
-    """
-    path, output = Path(path), Path(output)
-    if not path.exists():
-        if output.is_file() and output.stat().st_size > 0:
-            raise ValueError(f"{output} exists but its settings file {path} is missing: cannot check that it was "
-                             "made with the same settings; use a new --out, or restore the settings file")
-        return
-    previous = read_settings(path)
-    changed = [f for f in fields if f in previous and not same_setting(previous[f], current.get(f))]
-    if changed:
-        detail = ", ".join(f"{f}: {previous[f]!r} → {current.get(f)!r}" for f in changed)
-        raise ValueError(f"{path}: the existing output was made with other settings ({detail}); "
-                         "use a new --out or the same settings to resume")

@@ -1,9 +1,9 @@
 """The openai backend's knobs reach it from every stage that can use it (eval's judge and end-to-end steps)."""
 
+from dataclasses import replace
 from pathlib import Path
 
 from maskdpo.evaluate import EndToEndSettings, ScoreSettings, _annotate_settings, _sample_settings, make_judge
-from maskdpo.sample import backend_options
 
 
 def test_eval_judge_gets_the_server_profile_retries_and_timeout(tmp_path):
@@ -20,7 +20,7 @@ def test_end_to_end_steps_pass_the_knobs_to_sampling_and_annotation(tmp_path):
                                 max_retries=2, timeout=5.0)
     for stage in (_sample_settings(settings, Path("q"), Path("o"), "m"),
                   _annotate_settings(settings, Path("s"), Path("q"), Path("o"))):
-        options = backend_options("openai", stage)
+        options = stage.backend_options()
         assert (options["server_profile"], options["max_retries"], options["timeout"]) == ("extended", 2, 5.0)
 
 
@@ -34,7 +34,7 @@ def test_trust_remote_code_is_one_switch_for_the_hf_and_lmdeploy_backends(tmp_pa
     judge = AnnotateSettings()  # the default judge (InternLM2) ships its modeling code
     policy = SampleSettings()  # an arbitrary policy model: no remote code unless asked
     for backend in ("hf", "lmdeploy"):
-        assert backend_options(backend, judge)["trust_remote_code"] is True
-        assert backend_options(backend, policy)["trust_remote_code"] is False
-    assert "trust_remote_code" not in backend_options("openai", judge)
+        assert replace(judge, backend=backend).backend_options()["trust_remote_code"] is True
+        assert replace(policy, backend=backend).backend_options()["trust_remote_code"] is False
+    assert "trust_remote_code" not in replace(judge, backend="openai").backend_options()
     assert "--no-trust-remote-code" in CliRunner().invoke(annotate, ["--help"]).output

@@ -22,7 +22,7 @@ from maskdpo.annotate.anah_v2 import (AnahV2Annotator, PromptFileError, Unparsea
 from maskdpo.annotate.run import AnnotateSettings, run_annotation
 from maskdpo.backends.base import Completion, Decoding
 from maskdpo.records import Annotation, Question, Sample
-from maskdpo.sample import settings_path
+from maskdpo.stage import settings_path
 from maskdpo.sentences import split_sentences
 from tests.doubles.anah_judge_double import (SYNTHETIC_META, SYNTHETIC_PROMPTS, ScriptedAnahJudgeDouble,
                                              synthetic_pins, synthetic_prompt_functions, synthetic_sentence_tokenize,

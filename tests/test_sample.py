@@ -17,8 +17,8 @@ from maskdpo.backends.prompting import derive_seed
 from maskdpo.jsonl import RecordError
 from maskdpo.records import Sample
 from maskdpo.backends.serve import start_server
-from maskdpo.sample import (SampleSettings, backend_options, parse_shard, run_sampling, select_items, settings_path,
-                            shard_slice)
+from maskdpo.sample import SampleSettings, run_sampling
+from maskdpo.stage import parse_shard, select_items, settings_path, shard_slice
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -236,7 +236,7 @@ def test_openai_knobs_reach_the_backend_from_the_cli(tmp_path):
     settings = SampleSettings(questions=tmp_path / "q", out=tmp_path / "o", model="m", backend="openai",
                               server_profile="openai", server_n=True, tokenizer="tok", max_retries=1, timeout=9.0,
                               allow_model_mismatch=True)
-    options = backend_options("openai", settings)
+    options = settings.backend_options()
     assert {k: options[k] for k in ("server_profile", "server_n", "tokenizer", "max_retries", "timeout",
                                     "allow_model_mismatch")} == {
         "server_profile": "openai", "server_n": True, "tokenizer": "tok", "max_retries": 1, "timeout": 9.0,
@@ -328,7 +328,7 @@ def write_rows(path: Path, rows: list, blank_after: int | None = None) -> Path:
 
 def test_questions_load_anah_layouts_with_the_ids_eval_run_gives(tmp_path):
     from maskdpo.prompt_sets import load_anah_questions
-    from maskdpo.sample import load_questions
+    from maskdpo.prompt_sets import load_questions
 
     anah = write_rows(tmp_path / "question_document.jsonl", ANAH_ROWS)
     questions = load_questions(anah)
@@ -352,7 +352,7 @@ def test_questions_load_anah_layouts_with_the_ids_eval_run_gives(tmp_path):
 
 
 def test_a_file_of_our_question_records_keeps_its_field_errors(tmp_path):
-    from maskdpo.sample import load_questions
+    from maskdpo.prompt_sets import load_questions
 
     # Starting with our records, a record without its id is an error, never an ANAH question with a made-up id.
     q = write_rows(tmp_path / "q.jsonl", [{"id": "a", "question": "ok?"}, {"question": "where is my id?"}])
@@ -376,7 +376,7 @@ def test_a_hub_name_goes_through_load_dataset(tmp_path, monkeypatch):
     from datasets.exceptions import DatasetNotFoundError
 
     from maskdpo.prompt_sets import load_anah_questions
-    from maskdpo.sample import load_questions
+    from maskdpo.prompt_sets import load_questions
 
     topic = {"name": "Marie Curie", "documents": ["She was a physicist."], "language": "en",
              "selected_questions": ["Where was Marie Curie born?"]}

@@ -422,12 +422,10 @@ class AnahV2Annotator:
     @classmethod
     def from_settings(cls, settings: Any, **options: Any) -> "AnahV2Annotator":
         """Build from the annotation stage's settings (:class:`maskdpo.annotate.run.AnnotateSettings`)."""
-        from ..sample import backend_options
-
         return cls(backend=settings.backend, model=settings.model, prompts=settings.prompts,
                    unparseable=settings.unparseable, max_new_tokens=settings.max_new_tokens,
                    splitter=settings.splitter, allow_unpinned_prompts=settings.allow_unpinned_prompts,
-                   **backend_options(settings.backend, settings), **options)
+                   **settings.backend_options(batch_size=settings.batch_size), **options)
 
     @property
     def annotator_id(self) -> str:

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from ..jsonl import JsonlAppender
+from ..prompt_sets import load_questions
 from ..records import Annotation, Sample
-from ..sample import check_resumable, load_questions, parse_shard, select_items, settings_path
-from ..settings import knob, settings_dict, write_settings
 from ..sentences import check_splitter_rules
+from ..settings import knob, settings_dict, write_settings
+from ..stage import BackendSettings, check_outputs, check_resumable, parse_shard, select_items, settings_path
+from ..validate import check_known_questions, read_samples
 from .anah_v2 import UNPARSEABLE_RULES, default_unparseable
-from ..validate import check_known_questions, check_output_file, read_samples
 from .base import ANNOTATORS, Annotator
 
 IDENTITY_FIELDS = ("samples", "questions", "annotator", "backend", "model", "prompts", "unparseable", "splitter",
@@ -32,7 +33,10 @@ IDENTITY_FIELDS = ("samples", "questions", "annotator", "backend", "model", "pro
 
 
 @dataclass
-class AnnotateSettings:
+class AnnotateSettings(BackendSettings):
+    """The annotation stage's knobs; the judge's backend knobs are inherited from
+    :class:`maskdpo.stage.BackendSettings` (``--server-n`` is not offered: the judge answers once per prompt)."""
+
     samples: Path = knob(None, "Samples JSONL (from `maskdpo sample`).")
     questions: Path = knob(None, "Questions the samples answer (the judge needs each question's document): our "
                                  "question records, or ANAH's layouts (question_document.jsonl, opencompass/anah) "
@@ -40,7 +44,6 @@ class AnnotateSettings:
     out: Path = knob(None, "Annotations JSONL to write (appended to and resumed if it exists).")
     annotator: str = knob("anah-v2", "Annotator: anah-v2 (the ANAH-v2 judge on a backend), toyworld-oracle, "
                                      "or another registered in maskdpo.annotate.base.ANNOTATORS.")
-    backend: str = knob("hf", "anah-v2: backend running the judge (lmdeploy, openai, hf).")
     model: str = knob("opencompass/anah-v2", "anah-v2: the judge model (path or served name).")
     prompts: str = knob("official", "anah-v2: the judge protocol's prompts. official = ANAH-v2's own prompt functions "
                                     "and system message (pinned, sha256-checked, from the protocol cache; fetched "
@@ -59,26 +62,22 @@ class AnnotateSettings:
     batch_size: int = knob(64, "Samples per annotation batch (each judge turn is one backend call per batch).")
     limit: Optional[int] = knob(None, "Use only the first LIMIT samples (for trials).")
     shard: str = knob("0/1", "K/N: take the K-th (0-based) of N contiguous blocks of the samples.")
-    device: str = knob("auto", "hf backend: auto, cpu or cuda.")
+    # The judge's default differs from the policy's: opencompass/anah-v2 is InternLM2, whose code ships in the repo.
     trust_remote_code: bool = knob(True, "hf and lmdeploy backends: run the judge repository's own code "
                                          "(opencompass/anah-v2 is InternLM2, whose modeling code ships in the repo).")
-    tp: int = knob(1, "lmdeploy backend: GPUs for tensor parallelism.")
-    engine: str = knob("turbomind", "lmdeploy backend: turbomind or pytorch.")
-    base_url: Optional[str] = knob(None, "openai backend: server URL (default: $OPENAI_BASE_URL).")
-    api_key: Optional[str] = knob(None, "openai backend: API key (default: $OPENAI_API_KEY). Never written to disk.")
-    concurrency: int = knob(8, "openai backend: calls in flight.")
-    server_profile: Literal["auto", "extended", "openai"] = knob(
-        "auto", "openai backend: which sampling fields the server is sent (see `maskdpo sample --help`); the judge "
-                "is greedy: temperature 0, and top-k 1, min-p 0, repetition penalty 1.0 where the profile can send them.")
-    tokenizer: Optional[str] = knob(None, "openai backend: a local copy of the judge's tokenizer, to record the chat "
-                                          "template the server is expected to apply.")
-    max_retries: int = knob(5, "openai backend: retries of a failed call (connection errors, timeouts, HTTP 429/"
-                               "502/503/504; HTTP 500 at most twice; other errors never).")
-    timeout: float = knob(600.0, "openai backend: seconds per call.")
-    allow_model_mismatch: bool = knob(False, "openai backend: only warn (and count) when the server serves another "
-                                             "model than --model, instead of stopping.")
     skip_invalid: bool = knob(False, "Skip and count malformed sample and question lines instead of stopping.")
     allow_empty: bool = knob(False, "Accept a samples or questions file with no record (otherwise an error).")
+
+    option_help = {
+        "backend": "anah-v2: backend running the judge (lmdeploy, openai, hf).",
+        "base_url": "openai backend: server URL (default: $OPENAI_BASE_URL).",
+        "server_profile": "openai backend: which sampling fields the server is sent (see `maskdpo sample --help`); "
+                          "the judge is greedy: temperature 0, and top-k 1, min-p 0, repetition penalty 1.0 where "
+                          "the profile can send them.",
+        "tokenizer": "openai backend: a local copy of the judge's tokenizer, to record the chat template the server "
+                     "is expected to apply.",
+    }
+    cli_exclude = ("server_n",)
 
 
 @dataclass
@@ -171,15 +170,14 @@ def run_annotation(settings: AnnotateSettings, annotator: Annotator | None = Non
 
     validate(settings)
     out = Path(settings.out)
-    check_output_file(out)
-    check_output_file(settings_path(out), "settings file")
+    check_outputs(out)
     read = dict(skip_invalid=settings.skip_invalid, allow_empty=settings.allow_empty, stats=read_stats)
     questions = {q.id: q for q in load_questions(Path(settings.questions), **read)}
     located = select_items(load_samples(Path(settings.samples), **read), settings.limit, settings.shard)
     check_known_questions(settings.samples, located, questions, settings.questions)
     samples = [s for _, s in located]
     recorded = dataclasses.replace(settings, api_key=None, unparseable=effective_unparseable(settings))
-    check_resumable(settings_path(out), settings_dict(recorded), IDENTITY_FIELDS, out)
+    check_resumable(out, settings_dict(recorded), IDENTITY_FIELDS)
 
     with JsonlAppender(out, key=lambda d: (str(d["question_id"]), int(d["sample_index"]))) as writer:
         pending = [s for s in samples if s.key not in writer]

@@ -1,9 +1,12 @@
 """The ``maskdpo`` subcommands, and the one way they report errors.
 
-:func:`reports_errors` wraps a command so that the project's errors (bad
+Each command is a thin shell over one stage's run function: options → the
+stage's settings → ``run_<stage>(settings)`` → its summary printed.
+:func:`reports_errors` wraps every command so that the project's errors (bad
 input, an unwritable output, a model that cannot load, a failed engine call)
 end it with a one-line ``Error: ...`` message and exit code 2, never a
-traceback. Set ``MASKDPO_TRACEBACK=1`` to see the traceback instead.
+traceback. ``maskdpo --debug CMD`` (or ``MASKDPO_TRACEBACK=1``) shows the
+traceback instead.
 """
 
 from __future__ import annotations
@@ -31,6 +34,14 @@ def one_line(message: str) -> str:
     return " | ".join(part.strip() for part in str(message).splitlines() if part.strip()) or "failed"
 
 
+def debugging() -> bool:
+    """``maskdpo --debug`` was given (or ``MASKDPO_TRACEBACK`` is set): let errors show their traceback."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.find_root().params.get("debug"):
+        return True
+    return bool(os.environ.get("MASKDPO_TRACEBACK"))
+
+
 def reports_errors(command: Callable) -> Callable:
     """Turn the project's errors raised by ``command`` into :class:`CommandError`."""
 
@@ -43,10 +54,11 @@ def reports_errors(command: Callable) -> Callable:
                 raise CommandError(one_line(exc.message)) from None
             raise
         except PROJECT_ERRORS as exc:
-            if os.environ.get("MASKDPO_TRACEBACK"):
+            if debugging():
                 raise
             raise CommandError(one_line(exc)) from None
 
+    wrapper.reports_errors = True  # type: ignore[attr-defined]  # tests check that every command has it
     return wrapper
 
 

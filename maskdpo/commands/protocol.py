@@ -33,10 +33,7 @@ def fetch_command(base_url: str | None) -> None:
     """Download the pinned files that are not cached yet and check their sha256."""
     from .. import protocol
 
-    try:
-        rows = protocol.fetch(base_url)
-    except protocol.ProtocolError as exc:
-        raise click.ClickException(str(exc)) from None
+    rows = protocol.fetch(base_url)
     for pin, path, downloaded in rows:
         state = "downloaded" if downloaded else "cached    "
         click.echo(f"{state} {pin.kind:<13} {pin.label}  sha256 {pin.sha256}  {path}")
@@ -50,10 +47,7 @@ def add_command(files: tuple[Path, ...]) -> None:
     from .. import protocol
 
     for file in files:
-        try:
-            pin, path = protocol.add(file)
-        except protocol.ProtocolError as exc:
-            raise click.ClickException(str(exc)) from None
+        pin, path = protocol.add(file)
         click.echo(f"added {file} as the {pin.kind} file {pin.label} (sha256 {pin.sha256}): {path}")
 
 
@@ -63,10 +57,7 @@ def list_command() -> None:
     """Show the pinned files and whether each is cached (and any unknown file in the cache)."""
     from .. import protocol
 
-    try:
-        rows = protocol.listing()
-    except protocol.ProtocolError as exc:
-        raise click.ClickException(str(exc)) from None
+    rows = protocol.listing()
     click.echo(f"protocol cache: {protocol.cache_dir()}")
     for row in rows:
         click.echo(f"{row['status']:<8} {row['kind']:<13} {row['source']}  sha256 {row['sha256']}")
