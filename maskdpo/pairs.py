@@ -22,17 +22,26 @@ scored and are counted, not used.
 The output is the authors' pair format (``prompt``, ``chosen``, ``rejected``,
 ``chosen_item``/``rejected_item`` = ``{sents, type}``) extended with exact
 spans, the judge's fine-grained labels, the scores and the sample indices.
+
+The stage (:func:`run_pairs`) reads annotations, builds the pairs and writes
+them with their effective settings and counts next to them
+(:func:`maskdpo.stage.settings_path`: ``pairs.jsonl`` → ``pairs.jsonl.settings.json``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Optional
 
 from .labels import LabelPolicy
 from .records import Annotation, Pair, PairItem
 from .settings import knob
+
+if TYPE_CHECKING:
+    from .jsonl import ReadStats
 
 DROP_REASONS = ("fewer_than_two_samples", "gap_below_min", "chosen_has_no_correct_sentence",
                 "rejected_has_no_hallucinated_sentence", "identical_responses")
@@ -145,3 +154,76 @@ def build_pairs(annotations: Iterable[Annotation], settings: PairSettings) -> tu
                           rejected_sample_index=worst.sample_index))
         stats.kept += 1
     return pairs, stats
+
+
+# ---------------------------------------------------------------- the stage
+
+
+@dataclass(kw_only=True)
+class PairsRunSettings(PairSettings):
+    """A pairs run: the pair rule (:class:`PairSettings`) plus what to read and how to write."""
+
+    annotations: Path = knob(None, "Annotated samples (JSONL, maskdpo/annotation@1; see data/README.md).")
+    out: Path = knob(None, "Where to write the pairs (JSONL); the effective settings and counts go next to it.")
+    authors_format: bool = knob(False, "Write the authors' released format exactly (no spans, ids or scores).")
+    skip_invalid: bool = knob(False, "Skip and count malformed annotation lines instead of stopping.")
+    allow_empty: bool = knob(False, "Accept an annotations file with no record (otherwise an error).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("annotations", "out"):
+            if getattr(self, name) is None:
+                raise ValueError(f"a pairs run needs {name}")
+        self.annotations, self.out = Path(self.annotations), Path(self.out)
+
+    def pair_settings(self) -> PairSettings:
+        """Only the pair rule (what decides the pairs)."""
+        return PairSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(PairSettings)})
+
+
+@dataclass
+class PairsSummary:
+    """What a pairs run read, kept and wrote."""
+
+    annotations: Path
+    out: Path
+    read_line: str  # the annotations file: records read, invalid lines skipped
+    stats: PairStats
+    written: int  # pairs written to ``out``
+
+    def line(self) -> str:
+        """The counts by reason and where the pairs went (after :attr:`read_line`)."""
+        return f"{self.stats.summary()}\nwrote {self.written} pairs to {self.out}"
+
+    def lines(self) -> list[str]:
+        """The whole report, one line per item."""
+        return [self.read_line, *self.line().splitlines()]
+
+
+def run_pairs(settings: PairsRunSettings, read_stats: "ReadStats | None" = None) -> PairsSummary:
+    """Read ``settings.annotations``, build the pairs, write them and the effective settings (atomically).
+
+    The output location is checked before anything is read; the annotations
+    are checked across records (a repeated sample, two prompts for one
+    question) with file and line. ``read_stats`` receives what the read saw
+    (records, skipped lines).
+    """
+    from .jsonl import ReadStats, write_jsonl
+    from .settings import write_settings
+    from .stage import check_outputs, settings_path
+    from .validate import check_same_prompt, read_annotations
+
+    annotations, out = settings.annotations, settings.out
+    check_outputs(out)
+    read = read_stats if read_stats is not None else ReadStats()
+    located = read_annotations(annotations, skip_invalid=settings.skip_invalid, allow_empty=settings.allow_empty,
+                               stats=read)
+    located = check_same_prompt(annotations, located, skip_invalid=settings.skip_invalid, stats=read)
+    rule = settings.pair_settings()
+    pairs, stats = build_pairs([a for _, a in located], rule)
+    write_jsonl(out, [p.to_authors_dict() if settings.authors_format else p.to_dict() for p in pairs])
+    # The pair rule and the input; how the run read (skip/allow-empty) shows in the counts instead.
+    write_settings(settings_path(out), rule, annotations=str(annotations), authors_format=settings.authors_format,
+                   invalid_lines_skipped=len(read.skipped), stats=stats.to_dict())
+    return PairsSummary(annotations=annotations, out=out, read_line=read.summary(annotations), stats=stats,
+                        written=len(pairs))

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from maskdpo.cli import main
-from maskdpo.pairs import PairSettings, build_pairs
+from maskdpo.pairs import PairSettings, PairsRunSettings, build_pairs, run_pairs
 from maskdpo.records import Annotation, Pair, Sentence
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +102,8 @@ def test_pairs_command_reproduces_the_example_pairs(tmp_path):
     assert result.exit_code == 0, result.output
     assert "pairs kept: 5" in result.output and "gap below min: 1" in result.output
     assert out.read_text(encoding="utf-8") == (DATA / "pairs.jsonl").read_text(encoding="utf-8")
-    settings = json.loads((tmp_path / "pairs.settings.json").read_text())
+    settings = json.loads((tmp_path / "pairs.jsonl.settings.json").read_text())
+    assert not (tmp_path / "pairs.settings.json").exists()  # one naming rule: OUT + .settings.json
     assert settings["nofact_correct"] is True and settings["stats"]["kept"] == 5
     out = tmp_path / "authors.jsonl"
     result = runner.invoke(main, ["pairs", "--annotations", str(DATA / "annotations.jsonl"), "--out", str(out),
@@ -111,6 +112,43 @@ def test_pairs_command_reproduces_the_example_pairs(tmp_path):
     assert out.read_text(encoding="utf-8") == (DATA / "authors_pairs.jsonl").read_text(encoding="utf-8")
     assert set(json.loads(out.read_text().splitlines()[0])) == {"prompt", "chosen", "rejected", "chosen_item",
                                                                  "rejected_item"}
+
+
+def test_run_pairs_writes_the_pairs_and_their_settings_file_without_click(tmp_path):
+    out = tmp_path / "runs" / "pairs.jsonl"
+    summary = run_pairs(PairsRunSettings(annotations=DATA / "annotations.jsonl", out=out))
+    assert out.read_text(encoding="utf-8") == (DATA / "pairs.jsonl").read_text(encoding="utf-8")
+    recorded = json.loads((tmp_path / "runs" / "pairs.jsonl.settings.json").read_text())
+    assert recorded == {"min_gap": None, "nofact_correct": True, "annotations": str(DATA / "annotations.jsonl"),
+                        "authors_format": False, "invalid_lines_skipped": 0,
+                        "stats": {"questions": 6, "samples": 13, "kept": 5, "unscored_samples": 0,
+                                  "dropped": {"fewer_than_two_samples": 0, "gap_below_min": 1,
+                                              "chosen_has_no_correct_sentence": 0,
+                                              "rejected_has_no_hallucinated_sentence": 0,
+                                              "identical_responses": 0}}}
+    assert sorted(p.name for p in out.parent.iterdir()) == ["pairs.jsonl", "pairs.jsonl.settings.json"]
+    assert summary.written == 5 and summary.stats.kept == 5 and summary.out == out
+    assert summary.lines()[0] == f"{DATA / 'annotations.jsonl'}: 13 records"
+    assert summary.lines()[1].startswith("questions: 6  samples: 13  pairs kept: 5")
+    assert summary.lines()[-1] == f"wrote 5 pairs to {out}"
+
+
+def test_run_pairs_refuses_an_unwritable_out_before_reading(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    missing = tmp_path / "no-such-annotations.jsonl"  # never opened: the output is checked first
+    with pytest.raises(ValueError, match="a-file") as refused:
+        run_pairs(PairsRunSettings(annotations=missing, out=blocker / "pairs.jsonl"))
+    assert "no-such-annotations" not in str(refused.value)
+    settings_blocked = tmp_path / "p.jsonl.settings.json"
+    settings_blocked.mkdir()  # the settings file's place is a folder
+    with pytest.raises(ValueError, match="settings file"):
+        run_pairs(PairsRunSettings(annotations=missing, out=tmp_path / "p.jsonl"))
+    assert not (tmp_path / "p.jsonl").exists()
+    with pytest.raises(ValueError, match="needs annotations"):
+        PairsRunSettings(annotations=None, out=tmp_path / "p.jsonl")
+    with pytest.raises(ValueError, match="min_gap"):
+        PairsRunSettings(annotations=missing, out=tmp_path / "p.jsonl", min_gap=2.0)
 
 
 def test_pairs_command_bad_input(tmp_path):

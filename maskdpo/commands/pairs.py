@@ -1,4 +1,4 @@
-"""``maskdpo pairs``: annotated samples → chosen/rejected pairs with sentence spans."""
+"""``maskdpo pairs``: a thin shell over :func:`maskdpo.pairs.run_pairs`."""
 
 from __future__ import annotations
 
@@ -7,42 +7,8 @@ from pathlib import Path
 import click
 
 from ..settings import click_options, settings_from_options
-from ..pairs import PairSettings
-from . import reports_errors
-
-
-def settings_path(out: Path) -> Path:
-    """Where a stage's effective settings go: next to its output (``pairs.jsonl`` → ``pairs.settings.json``)."""
-    return out.with_name(out.stem + ".settings.json")
-
-
-def run_pairs(annotations: Path, out: Path, settings: PairSettings, *, skip_invalid: bool = False,
-              authors_format: bool = False, allow_empty: bool = False, echo=click.echo):
-    """Read annotations, build pairs, write them and the effective settings; return ``(pairs, stats)``.
-
-    The output location is checked first; the annotations are checked across
-    records (a repeated sample, two prompts for one question) with file and line.
-    """
-    from ..jsonl import ReadStats, write_jsonl
-    from ..pairs import build_pairs
-    from ..settings import write_settings
-    from ..validate import check_output_file, check_same_prompt, read_annotations
-    from . import report_skipped
-
-    check_output_file(out)
-    check_output_file(settings_path(out), "settings file")
-    read = ReadStats()
-    located = read_annotations(annotations, skip_invalid=skip_invalid, allow_empty=allow_empty, stats=read)
-    located = check_same_prompt(annotations, located, skip_invalid=skip_invalid, stats=read)
-    echo(read.summary(annotations))
-    report_skipped(read, err=False)
-    pairs, stats = build_pairs([a for _, a in located], settings)
-    write_jsonl(out, [p.to_authors_dict() if authors_format else p.to_dict() for p in pairs])
-    write_settings(settings_path(out), settings, annotations=str(annotations), authors_format=authors_format,
-                   invalid_lines_skipped=len(read.skipped), stats=stats.to_dict())
-    echo(stats.summary())
-    echo(f"wrote {len(pairs)} pairs to {out}")
-    return pairs, stats
+from ..pairs import PairSettings, PairsRunSettings, run_pairs
+from . import report_skipped, reports_errors
 
 
 @click.command("pairs")
@@ -65,6 +31,13 @@ def pairs(annotations: Path, out: Path, skip_invalid: bool, allow_empty: bool, a
     broken by sample index. Questions without a useful pair are dropped and
     counted by reason.
     """
-    settings = settings_from_options(PairSettings, options)
-    run_pairs(annotations, out, settings, skip_invalid=skip_invalid, authors_format=authors_format,
-              allow_empty=allow_empty)
+    from ..jsonl import ReadStats
+
+    settings = settings_from_options(PairsRunSettings, {**options, "annotations": annotations, "out": out,
+                                                         "authors_format": authors_format,
+                                                         "skip_invalid": skip_invalid, "allow_empty": allow_empty})
+    read = ReadStats()
+    summary = run_pairs(settings, read_stats=read)
+    click.echo(summary.read_line)
+    report_skipped(read, err=False)
+    click.echo(summary.line())
