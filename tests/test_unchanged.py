@@ -185,7 +185,8 @@ def _shape(value):
 
 
 def demo_shape(out: Path) -> dict:
-    """Every JSON / JSONL file a demo run leaves (training work folders aside: XTuner's), by path and shape.
+    """Every JSON / JSONL file a demo run leaves (the HF model folders and XTuner's work folders aside),
+    by path and shape.
 
     A demo's numbers depend on the CPU's float arithmetic; which files it writes and the fields of
     their records do not.
@@ -194,6 +195,8 @@ def demo_shape(out: Path) -> dict:
     for path in sorted(out.rglob("*")):
         rel = path.relative_to(out).as_posix()
         if "/train/" in f"/{rel}" or path.suffix not in (".json", ".jsonl"):
+            continue
+        if "/base/" in f"/{rel}" and path.name != "train_log.json":  # the base policy's HF files, not records
             continue
         if path.suffix == ".jsonl":
             lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
