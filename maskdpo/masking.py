@@ -45,6 +45,9 @@ A sentence whose text does not match the response at its span, or (authors'
 format, no spans) cannot be found in the response, raises
 :class:`AlignmentError` naming the pair and the sentence — never a fallback to
 an unmasked pair.
+
+:func:`view_masks` is the ``maskdpo masks`` stage: a pair file checked and
+encoded as training would, each side reported as the loss sees it.
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ from .labels import CORRECT, HALLUCINATED
 from .records import Pair, PairItem
 from .sentences import SentenceNotFound, locate_sentences
 
-IGNORE = -100
+# The label value the loss ignores (prompt and masked tokens); the one spelling, also for loss and model.
+IGNORE_INDEX = -100
 MASK_MODES = ("both", "chosen", "rejected", "none")
 
 
@@ -88,13 +92,13 @@ class MaskedSequence:
 
     @property
     def kept(self) -> int:
-        return sum(1 for label in self.labels if label != IGNORE)
+        return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
     @property
     def kept_content(self) -> int:
         """Kept tokens of the response content itself, without the end-of-turn suffix the template adds."""
         end = len(self.labels) if self.content_tokens is None else min(self.content_tokens, len(self.labels))
-        return sum(1 for label in self.labels[self.prompt_tokens:end] if label != IGNORE)
+        return sum(1 for label in self.labels[self.prompt_tokens:end] if label != IGNORE_INDEX)
 
 
 @dataclass
@@ -273,7 +277,7 @@ def token_labels(input_ids: Sequence[int], offsets: Sequence[tuple[int, int]], r
         ends = [e if e > s else s + 1 for s, e in offsets]
     labels = list(input_ids)
     prompt_tokens = bisect_left(starts, response_start)
-    labels[:prompt_tokens] = [IGNORE] * prompt_tokens
+    labels[:prompt_tokens] = [IGNORE_INDEX] * prompt_tokens
     n = len(keep)
     i = 0
     while i < n:
@@ -292,7 +296,7 @@ def token_labels(input_ids: Sequence[int], offsets: Sequence[tuple[int, int]], r
                 if (starts[t] < a or ends[t] > b) and not _straddler_is_masked(
                         text, starts[t], ends[t], response_start, response_end, sentence_ends, keep):
                     continue  # crosses the run's border and its content is kept
-                labels[t] = IGNORE
+                labels[t] = IGNORE_INDEX
         i = j + 1
     return labels, prompt_tokens
 
@@ -401,7 +405,7 @@ def response_pieces(tokenizer: Any, seq: MaskedSequence) -> list[tuple[str, bool
     """The response tokens (after the prompt) as ``(decoded text, kept)`` runs, in order."""
     runs: list[tuple[list[int], bool]] = []
     for tid, label in zip(seq.input_ids[seq.prompt_tokens:], seq.labels[seq.prompt_tokens:]):
-        kept = label != IGNORE
+        kept = label != IGNORE_INDEX
         if runs and runs[-1][1] == kept:
             runs[-1][0].append(tid)
         else:
@@ -413,7 +417,127 @@ def kept_and_masked_text(tokenizer: Any, seq: MaskedSequence) -> dict[str, str]:
     """``kept_text``: the decoded kept response tokens in order; ``masked_text``: the masked ones."""
     response_ids = seq.input_ids[seq.prompt_tokens:]
     response_labels = seq.labels[seq.prompt_tokens:]
-    kept = [t for t, label in zip(response_ids, response_labels) if label != IGNORE]
-    masked = [t for t, label in zip(response_ids, response_labels) if label == IGNORE]
+    kept = [t for t, label in zip(response_ids, response_labels) if label != IGNORE_INDEX]
+    masked = [t for t, label in zip(response_ids, response_labels) if label == IGNORE_INDEX]
     return {"kept_text": tokenizer.decode(kept, skip_special_tokens=False),
             "masked_text": tokenizer.decode(masked, skip_special_tokens=False)}
+
+
+def side_report(tokenizer: Any, seq: MaskedSequence) -> dict:
+    """One side as the loss sees it: kept/masked response text and token counts, and whether it was cut."""
+    response_labels = seq.labels[seq.prompt_tokens:]
+    kept = sum(1 for label in response_labels if label != IGNORE_INDEX)
+    return {**kept_and_masked_text(tokenizer, seq), "kept_tokens": kept,
+            "masked_tokens": len(response_labels) - kept, "truncated": seq.truncated}
+
+
+# ---------------------------------------------------------------- the masks stage
+
+
+def load_chat_tokenizer(name: str) -> Any:
+    """A fast tokenizer with a chat template, from a local folder or a hub name (offline when HF_HUB_OFFLINE=1).
+
+    Exact alignment needs the offset mapping (a fast tokenizer) and the
+    conversation is rendered by the chat template; either missing is an error
+    naming the tokenizer.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name, use_fast=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise OSError(f"cannot load tokenizer {name!r}: {exc}") from None
+    if not getattr(tok, "is_fast", False):
+        raise ValueError(f"tokenizer {name!r} is not a fast tokenizer: exact alignment needs the offset mapping")
+    if not getattr(tok, "chat_template", None):
+        raise ValueError(f"tokenizer {name!r} has no chat template")
+    return tok
+
+
+@dataclass
+class MaskView:
+    """One pair as the loss sees it."""
+
+    pair: Pair
+    masked: MaskedPair
+
+
+@dataclass
+class MaskViews:
+    """The pairs of a file that can be shown, encoded, and the tokenizer that decodes them
+    (None when no pair was left to show: nothing was loaded)."""
+
+    tokenizer: Any
+    views: list[MaskView]
+
+    @property
+    def truncated(self) -> int:
+        return sum(view.masked.truncated for view in self.views)
+
+    def report(self, view: MaskView) -> dict:
+        """``masks --json``'s record: the pair id and, per side, :func:`side_report`."""
+        return {"id": view.pair.id, "chosen": side_report(self.tokenizer, view.masked.chosen),
+                "rejected": side_report(self.tokenizer, view.masked.rejected)}
+
+    def line(self) -> str:
+        return f"{len(self.views)} pairs, {self.truncated} truncated"
+
+
+# Pairs per tokenizer call; a chunk with a bad pair is redone one pair at a time to name it.
+VIEW_CHUNK = 256
+
+
+def view_masks(pairs_path: str | _os.PathLike, tokenizer: str, *, max_length: int | None = None, mask: str = "both",
+               limit: int | None = None, skip_invalid: bool = False, allow_empty: bool = False,
+               stats: Any = None) -> MaskViews:
+    """Read, check and encode a pair file as training would, for showing its masks.
+
+    A pair that carries no signal on a side (no kept sentence, or no kept token
+    besides the end-of-turn token), is inverted, repeats another pair's id or
+    cannot be aligned is an error naming file and line (with ``skip_invalid``:
+    skipped and counted in ``stats``, a :class:`maskdpo.jsonl.ReadStats`).
+    ``limit`` keeps the first usable pairs. The tokenizer loads only after the
+    sentence-level checks, so bad data fails without loading anything.
+    """
+    from tqdm import tqdm
+
+    from .jsonl import ReadStats, RecordError
+    from .validate import read_pair_records, skip_line, token_signal_problem, validate_pair
+
+    check_mask_mode(mask)
+    stats = stats if stats is not None else ReadStats()
+    located = read_pair_records(pairs_path, skip_invalid=skip_invalid, allow_empty=allow_empty, stats=stats)
+    usable = []
+    for lineno, pair in located:
+        problem = validate_pair(pair, mask)
+        if problem:
+            skip_line(RecordError(pairs_path, lineno, None, f"pair {pair.id!r}: {problem}"), skip_invalid, stats)
+            continue
+        usable.append((lineno, pair))
+    if limit is not None:
+        usable = usable[:limit]
+    if not usable:  # nothing to show (an allowed empty file, or everything skipped): nothing to load
+        return MaskViews(None, [])
+    tok = load_chat_tokenizer(tokenizer)
+    views = []
+    with tqdm(total=len(usable), desc="Tokenizing pairs", unit="pair", disable=len(usable) < 2000) as bar:
+        for start in range(0, len(usable), VIEW_CHUNK):
+            chunk = usable[start:start + VIEW_CHUNK]
+            try:
+                encoded = encode_pairs(tok, [p for _, p in chunk], max_length=max_length, mask=mask)
+            except ValueError:  # find the bad pair(s): one at a time
+                encoded = None
+            for i, (lineno, pair) in enumerate(chunk):
+                try:
+                    masked = encoded[i] if encoded is not None else encode_pairs(tok, [pair], max_length=max_length,
+                                                                                mask=mask)[0]
+                    problem = token_signal_problem(masked)
+                except ValueError as exc:
+                    masked, problem = None, str(exc)
+                if problem:
+                    prefix = "" if problem.startswith("pair ") else f"pair {pair.id!r}: "
+                    skip_line(RecordError(pairs_path, lineno, None, prefix + problem), skip_invalid, stats)
+                    continue
+                views.append(MaskView(pair, masked))
+            bar.update(len(chunk))
+    return MaskViews(tok, views)

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from maskdpo.masking import (IGNORE, AlignmentError, MaskedSequence, encode_pair, encode_pairs,
+from maskdpo.masking import (IGNORE_INDEX, AlignmentError, MaskedSequence, encode_pair, encode_pairs,
                              kept_and_masked_text, render_response, token_labels)
 from maskdpo.records import Pair, PairItem
 
@@ -89,13 +89,13 @@ def expected_side(tokenizer, pair, side, mask):
     labels, prompt = [], 0
     for tid, (s, e) in zip(enc["input_ids"], enc["offset_mapping"]):
         if s < r.start:
-            labels.append(IGNORE)
+            labels.append(IGNORE_INDEX)
             prompt += 1
             continue
         content = [c for c in range(s, max(e, s + 1)) if c in owner]
         # judged by its visible characters; a whitespace-only token by its whitespace
         deciding = [c for c in content if not r.text[c].isspace()] or content
-        labels.append(IGNORE if any(not keep[owner[c]] for c in deciding) else tid)
+        labels.append(IGNORE_INDEX if any(not keep[owner[c]] for c in deciding) else tid)
     return enc["input_ids"], labels, prompt, r, spans, keep
 
 
@@ -118,7 +118,7 @@ def check_pair(tokenizer, pair, mask="both"):
         assert seq.prompt_tokens == prompt and not seq.truncated
         enc = tokenizer(r.text, add_special_tokens=False, return_offsets_mapping=True)
         for label, (s, e) in zip(seq.labels, enc["offset_mapping"]):
-            if label == IGNORE or s >= r.end:
+            if label == IGNORE_INDEX or s >= r.end:
                 continue
             # A kept token: each of its visible content characters belongs to a kept sentence (or comes
             # after the last, kept, one); a whitespace-only one comes before a kept sentence.
@@ -129,8 +129,8 @@ def check_pair(tokenizer, pair, mask="both"):
             if not k:  # no token carrying a visible character of a masked sentence is kept
                 for label, (s, e) in zip(seq.labels, enc["offset_mapping"]):
                     if any(a <= c < b and not r.text[c].isspace() for c in range(s, max(e, s + 1))):
-                        assert label == IGNORE
-        assert all(label == IGNORE for label in seq.labels[:seq.prompt_tokens])
+                        assert label == IGNORE_INDEX
+        assert all(label == IGNORE_INDEX for label in seq.labels[:seq.prompt_tokens])
     return mp
 
 
@@ -158,7 +158,7 @@ def test_end_of_turn_is_kept_after_a_masked_last_sentence(tokenizer):
         assert seq.labels[positions[-1]] == eot
         # the masked last sentence's final "." is masked although the kept end-of-turn follows it
         dot = max(i for i, t in enumerate(seq.input_ids[:positions[-1]]) if tokenizer.decode([t]).strip() == ".")
-        assert seq.labels[dot] == IGNORE
+        assert seq.labels[dot] == IGNORE_INDEX
 
 
 def test_modes(tokenizer):
@@ -233,9 +233,9 @@ def test_straddling_token_is_masked():
     ids = [1, 2, 3, 4, 5]
     offsets = [(0, 4), (4, 6), (6, 8), (8, 10), (10, 14)]
     labels, prompt = token_labels(ids, offsets, 4, 10, [7, 10], [True, False], text)
-    assert labels == [IGNORE, 2, IGNORE, IGNORE, 5] and prompt == 1
+    assert labels == [IGNORE_INDEX, 2, IGNORE_INDEX, IGNORE_INDEX, 5] and prompt == 1
     labels, _ = token_labels(ids, offsets, 4, 10, [7, 10], [False, True], text)
-    assert labels == [IGNORE, IGNORE, IGNORE, 4, 5]
+    assert labels == [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 4, 5]
 
 
 def test_token_is_judged_by_its_visible_characters():
@@ -244,13 +244,13 @@ def test_token_is_judged_by_its_visible_characters():
     ids = [1, 2, 3, 4, 5]
     offsets = [(0, 4), (4, 6), (6, 9), (9, 12), (12, 16)]  # token 2 is "!\n\n"
     labels, _ = token_labels(ids, offsets, 4, 12, [7, 12], [True, False], text)
-    assert labels == [IGNORE, 2, 3, IGNORE, 5]  # "!" is sentence 0's: kept although its newlines are not
+    assert labels == [IGNORE_INDEX, 2, 3, IGNORE_INDEX, 5]  # "!" is sentence 0's: kept although its newlines are not
     labels, _ = token_labels(ids, offsets, 4, 12, [7, 12], [False, True], text)
-    assert labels == [IGNORE, IGNORE, IGNORE, 4, 5]
+    assert labels == [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 4, 5]
     # a whitespace-only token goes with the next sentence
     offsets = [(0, 4), (4, 7), (7, 9), (9, 12), (12, 16)]  # token 2 is "\n\n"
-    assert token_labels(ids, offsets, 4, 12, [7, 12], [True, False], text)[0] == [IGNORE, 2, IGNORE, IGNORE, 5]
-    assert token_labels(ids, offsets, 4, 12, [7, 12], [False, True], text)[0] == [IGNORE, IGNORE, 3, 4, 5]
+    assert token_labels(ids, offsets, 4, 12, [7, 12], [True, False], text)[0] == [IGNORE_INDEX, 2, IGNORE_INDEX, IGNORE_INDEX, 5]
+    assert token_labels(ids, offsets, 4, 12, [7, 12], [False, True], text)[0] == [IGNORE_INDEX, IGNORE_INDEX, 3, 4, 5]
 
 
 def test_real_straddling_token_is_masked(tokenizer):
@@ -369,7 +369,7 @@ def kept_visible_chars(tokenizer, pair, side, seq):
     for label, (s, e) in zip(seq.labels, enc["offset_mapping"]):
         visible = [c for c in range(max(s, r.start), min(e, r.end)) if not r.text[c].isspace()]
         to_response = {c - r.start + r.shift for c in visible}
-        if label != IGNORE:
+        if label != IGNORE_INDEX:
             kept |= to_response
         if len({item.type[i] for i in visible_owners(r, spans, s, e)}) > 1:
             mixed |= to_response
@@ -471,3 +471,76 @@ def test_the_test_only_mask_reversal_is_announced(monkeypatch, capsys):
     assert keep_flags(item, "chosen", "both") == [False, True]
     keep_flags(item, "rejected", "both")
     assert capsys.readouterr().err.count("masks are REVERSED") == 1  # once per process
+
+
+# ---------------------------------------------------------------- the masks stage and its tokenizer checks
+
+
+def _pairs_file():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1] / "data" / "pairs.jsonl"
+
+
+def test_view_masks_encodes_the_pairs_without_click(smollm2_tokenizer_dir):
+    from maskdpo.jsonl import ReadStats
+    from maskdpo.masking import view_masks
+
+    stats = ReadStats()
+    result = view_masks(_pairs_file(), str(smollm2_tokenizer_dir), mask="both", limit=2, stats=stats)
+    import json
+
+    ids = [json.loads(line)["id"] for line in _pairs_file().read_text(encoding="utf-8").splitlines()]
+    assert [v.pair.id for v in result.views] == ids[:2]
+    assert result.line() == "2 pairs, 0 truncated" and stats.read == 5
+    report = result.report(result.views[0])
+    assert set(report["chosen"]) == {"kept_text", "masked_text", "kept_tokens", "masked_tokens", "truncated"}
+    assert report["chosen"]["kept_text"].endswith("<|im_end|>\n")
+    assert report["rejected"]["masked_tokens"] > 0
+    # Nothing usable: nothing loads (the tokenizer name is never looked at).
+    empty = view_masks(_pairs_file(), "/no/such/tokenizer", limit=0)
+    assert empty.tokenizer is None and empty.line() == "0 pairs, 0 truncated"
+
+
+def _masks_cli(tokenizer):
+    from click.testing import CliRunner
+
+    from maskdpo.cli import main
+
+    return CliRunner().invoke(main, ["masks", "--pairs", str(_pairs_file()), "--tokenizer", str(tokenizer)])
+
+
+def test_masks_tokenizer_errors_are_one_line_exit_2(tmp_path, smollm2_tokenizer_dir, monkeypatch):
+    import json
+    import shutil
+
+    missing = _masks_cli(tmp_path / "no-tokenizer")
+    assert missing.exit_code == 2, missing.output
+    assert "Error: cannot load tokenizer" in missing.output and "no-tokenizer" in missing.output
+    assert "Traceback" not in missing.output and isinstance(missing.exception, SystemExit)
+
+    no_template = tmp_path / "no-template"
+    shutil.copytree(smollm2_tokenizer_dir, no_template)
+    config = json.loads((no_template / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (no_template / "tokenizer_config.json").write_text(json.dumps(config))
+    (no_template / "chat_template.jinja").unlink(missing_ok=True)
+    (no_template / "chat_template.json").unlink(missing_ok=True)
+    result = _masks_cli(no_template)
+    assert result.exit_code == 2, result.output
+    assert f"Error: tokenizer '{no_template}' has no chat template" in result.output
+    assert "Traceback" not in result.output
+
+    from transformers import AutoTokenizer
+
+    real = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+
+    class SlowTokenizer:  # what a tokenizer without an offset mapping looks like to the check
+        is_fast = False
+        chat_template = real.chat_template
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *args, **kwargs: SlowTokenizer())
+    result = _masks_cli(smollm2_tokenizer_dir)
+    assert result.exit_code == 2, result.output
+    assert "is not a fast tokenizer: exact alignment needs the offset mapping" in result.output
+    assert "Traceback" not in result.output

@@ -1,4 +1,7 @@
-"""``maskdpo masks``: show which response tokens the loss sees for each pair."""
+"""``maskdpo masks``: show which response tokens the loss sees for each pair.
+
+A shell over :func:`maskdpo.masking.view_masks` (reading, checks, encoding);
+here only the options, the colouring and the printing."""
 
 from __future__ import annotations
 
@@ -10,30 +13,6 @@ import click
 
 from ..masking import MASK_MODES
 from . import report_skipped, reports_errors
-
-
-def load_tokenizer(name: str):
-    """A fast tokenizer from a local folder or a hub name (offline when HF_HUB_OFFLINE=1)."""
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(name, use_fast=True)
-    except (OSError, ValueError, TypeError) as exc:
-        raise click.ClickException(f"cannot load tokenizer {name!r}: {exc}") from None
-    if not getattr(tok, "is_fast", False):
-        raise click.ClickException(f"tokenizer {name!r} is not a fast tokenizer: exact alignment needs the offset mapping")
-    if not getattr(tok, "chat_template", None):
-        raise click.ClickException(f"tokenizer {name!r} has no chat template")
-    return tok
-
-
-def side_report(tokenizer, seq) -> dict:
-    from ..masking import kept_and_masked_text
-
-    response_labels = seq.labels[seq.prompt_tokens:]
-    kept = sum(1 for label in response_labels if label != -100)
-    return {**kept_and_masked_text(tokenizer, seq), "kept_tokens": kept,
-            "masked_tokens": len(response_labels) - kept, "truncated": seq.truncated}
 
 
 def styled(tokenizer, seq, colour: bool) -> str:
@@ -75,63 +54,25 @@ def masks(pairs_path: Path, tokenizer: str, max_length: int | None, mask: str, a
     (no kept sentence, or no kept token besides the end-of-turn token), is
     inverted, or repeats another pair's id.
     """
-    from tqdm import tqdm
-
-    from ..jsonl import ReadStats, RecordError
-    from ..masking import encode_pairs
-    from ..validate import read_pair_records, skip_line, token_signal_problem, validate_pair
+    from ..jsonl import ReadStats
+    from ..masking import side_report, view_masks
 
     stats = ReadStats()
-    located = read_pair_records(pairs_path, skip_invalid=skip_invalid, allow_empty=allow_empty, stats=stats)
-    usable = []
-    for lineno, pair in located:
-        problem = validate_pair(pair, mask)
-        if problem:
-            skip_line(RecordError(pairs_path, lineno, None, f"pair {pair.id!r}: {problem}"), skip_invalid, stats)
-            continue
-        usable.append((lineno, pair))
-    if limit is not None:
-        usable = usable[:limit]
-    if not usable:  # nothing to show (an allowed empty file, or everything skipped): nothing to load
-        click.echo("0 pairs, 0 truncated", err=True)
-        report_skipped(stats)
-        return
-    tok = load_tokenizer(tokenizer)  # after the cheap checks: bad data fails without loading anything
-    shown = []
-    with tqdm(total=len(usable), desc="Tokenizing pairs", unit="pair", disable=len(usable) < 2000) as bar:
-        for start in range(0, len(usable), 256):
-            chunk = usable[start:start + 256]
-            try:
-                encoded = encode_pairs(tok, [p for _, p in chunk], max_length=max_length, mask=mask)
-            except ValueError:  # find the bad pair(s): one at a time
-                encoded = None
-            for i, (lineno, pair) in enumerate(chunk):
-                try:
-                    mp = encoded[i] if encoded is not None else encode_pairs(tok, [pair], max_length=max_length,
-                                                                            mask=mask)[0]
-                    problem = token_signal_problem(mp)
-                except ValueError as exc:
-                    mp, problem = None, str(exc)
-                if problem:
-                    prefix = "" if problem.startswith("pair ") else f"pair {pair.id!r}: "
-                    skip_line(RecordError(pairs_path, lineno, None, prefix + problem), skip_invalid, stats)
-                    continue
-                shown.append((pair, mp))
-            bar.update(len(chunk))
+    result = view_masks(pairs_path, tokenizer, max_length=max_length, mask=mask, limit=limit,
+                        skip_invalid=skip_invalid, allow_empty=allow_empty, stats=stats)
+    tok = result.tokenizer
     colour = sys.stdout.isatty()
-    for pair, mp in shown:
+    for view in result.views:
         if as_json:
-            click.echo(json.dumps({"id": pair.id, "chosen": side_report(tok, mp.chosen),
-                                   "rejected": side_report(tok, mp.rejected)}, ensure_ascii=False))
+            click.echo(json.dumps(result.report(view), ensure_ascii=False))
             continue
-        click.echo(click.style(f"== pair {pair.id}", bold=True))
+        click.echo(click.style(f"== pair {view.pair.id}", bold=True))
         for side in ("chosen", "rejected"):
-            seq = getattr(mp, side)
+            seq = getattr(view.masked, side)
             report = side_report(tok, seq)
             note = ", truncated" if seq.truncated else ""
             click.echo(click.style(f"-- {side}: {report['kept_tokens']} kept, {report['masked_tokens']} masked{note}",
                                    bold=True))
             click.echo(styled(tok, seq, colour))
-    truncated = sum(mp.truncated for _, mp in shown)
-    click.echo(f"{len(shown)} pairs, {truncated} truncated", err=True)
+    click.echo(result.line(), err=True)
     report_skipped(stats)
