@@ -27,8 +27,13 @@ ANNOTATORS: dict[str, str] = {
 }
 
 
-def load_annotator(name: str, **options: Any) -> Annotator:
+def annotator_class(name: str) -> type:
+    """The class registered as ``name`` in :data:`ANNOTATORS` (imported only now)."""
     if name not in ANNOTATORS:
         raise ValueError(f"unknown annotator {name!r}; choose one of {', '.join(sorted(ANNOTATORS))}")
     module, cls = ANNOTATORS[name].split(":")
-    return getattr(importlib.import_module(module), cls)(**options)
+    return getattr(importlib.import_module(module), cls)
+
+
+def load_annotator(name: str, **options: Any) -> Annotator:
+    return annotator_class(name)(**options)

@@ -9,7 +9,6 @@ block of the samples, so the N outputs concatenated equal the unsharded one.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import time
 from collections import Counter
@@ -25,7 +24,7 @@ from ..settings import knob, settings_dict, write_settings
 from ..stage import BackendSettings, check_outputs, check_resumable, parse_shard, select_items, settings_path
 from ..validate import check_known_questions, read_samples
 from .anah_v2 import UNPARSEABLE_RULES, default_unparseable
-from .base import ANNOTATORS, Annotator
+from .base import Annotator, annotator_class
 
 IDENTITY_FIELDS = ("samples", "questions", "annotator", "backend", "model", "prompts", "unparseable", "splitter",
                    "allow_unpinned_prompts",
@@ -101,13 +100,6 @@ class AnnotateSummary:
         if self.truncated_answers:
             text += f"; TRUNCATED judge answers (max_new_tokens reached): {self.truncated_answers}"
         return "\n".join([text] + [f"  {note}" for note in self.notes])
-
-
-def annotator_class(name: str) -> type:
-    if name not in ANNOTATORS:
-        raise ValueError(f"unknown annotator {name!r}; choose one of {', '.join(sorted(ANNOTATORS))}")
-    module, cls = ANNOTATORS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
 
 
 def build_annotator(settings: AnnotateSettings) -> Annotator:
