@@ -6,15 +6,21 @@ Two entry points, both thin under ``maskdpo eval``:
   score (one file = one run), response (sample) files for FactScore;
 - :func:`run_end_to_end` starts from model paths and prompt sets: sample
   (greedy by default), annotate, score, report — each step resumable.
+
+``--metric`` is decided once, by :func:`metrics_of`: a list of metric objects
+(:class:`AnahMetric`, :class:`FactScoreMetric`), each knowing its inputs, how
+they are checked and read, and how it scores them; the rest of the module
+iterates over that list.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional, Union
 
-from .backends.base import ChatBackend, Decoding, load_backend
+from .backends.base import ChatBackend, Decoding
 from .jsonl import ReadStats, RecordError, iter_jsonl, load_jsonl, write_jsonl
 from .labels import LabelPolicy
 from .metrics.anah import anah_runs
@@ -25,16 +31,29 @@ from .prompt_sets import load_anah_questions, load_biography_prompts
 from .records import Annotation, Question, Sample
 from .report import ModelResult, write_report
 from .settings import knob, settings_dict, write_settings
+from .stage import BackendSettings, ServerKnobs, check_model_path
 from .validate import check_output_dir, read_annotations, read_samples
 
-Metric = Literal["anah", "factscore", "both"]
+MetricName = Literal["anah", "factscore", "both"]
 
 
 @dataclass
-class ScoreSettings:
+class ScoreSettings(ServerKnobs):
+    """``eval score``'s knobs. The server knobs (device, server_profile, max_retries, timeout) are inherited
+    from :class:`maskdpo.stage.ServerKnobs`; ``option_help`` words them for eval, where one value reaches
+    every backend of the run (judges and, with ``eval run``, the evaluated models)."""
+
+    option_help: ClassVar[dict[str, str]] = {
+        "device": "hf backend (judge, and with `eval run` the evaluated models): auto, cpu or cuda.",
+        "server_profile": "Every openai backend here: which sampling fields the server is sent "
+                          "(see `maskdpo sample --help`).",
+        "max_retries": "Every openai backend here: retries of a failed call (HTTP 500 at most twice).",
+        "timeout": "Every openai backend here: seconds per call.",
+    }
+
     out: Path = knob(None, "Folder for report.md, report.json, report.png, per-response FactScore details "
                            "and the judge cache.")
-    metric: Metric = knob("both", "Which metric(s) to compute.")
+    metric: MetricName = knob("both", "Which metric(s) to compute.")
     nofact_correct: bool = knob(True, "ANAH: count fact-free sentences (nofact) as correct, as the official score.")
     wiki_db: Optional[Path] = knob(None, "FactScore: FActScore-format Wikipedia sqlite DB (enwiki-20230401.db).")
     judge_backend: str = knob("openai", "FactScore judge backend: openai (any OpenAI-compatible server), "
@@ -49,11 +68,6 @@ class ScoreSettings:
     passages: int = knob(5, "FactScore: passages retrieved per fact.")
     retriever: Literal["bm25", "embedding", "bm25+embedding"] = knob("bm25", "FactScore passage retriever.")
     embedding_model: Optional[str] = knob(None, "Encoder model path for the embedding retriever.")
-    device: str = knob("auto", "hf backend (judge, and with `eval run` the evaluated models): auto, cpu or cuda.")
-    server_profile: Literal["auto", "extended", "openai"] = knob(
-        "auto", "Every openai backend here: which sampling fields the server is sent (see `maskdpo sample --help`).")
-    max_retries: int = knob(5, "Every openai backend here: retries of a failed call (HTTP 500 at most twice).")
-    timeout: float = knob(600.0, "Every openai backend here: seconds per call.")
 
 
 def parse_spec(spec: str) -> tuple[str, list[Path]]:
@@ -93,36 +107,171 @@ def _first_format(path: Path) -> str | None:
     return None
 
 
-def _openai_options(settings: ScoreSettings) -> dict:
-    return {"server_profile": settings.server_profile, "max_retries": settings.max_retries,
-            "timeout": settings.timeout}
+# ---------------------------------------------------------------- backends
+
+
+def backend_knobs(settings: ServerKnobs, backend: str, base_url: str | None) -> dict[str, Any]:
+    """One backend of an eval run (evaluated models, ANAH judge, FactScore judge): its name and server URL,
+    and the server knobs all of them share; every other knob keeps its stage's default."""
+    shared = {f.name: getattr(settings, f.name) for f in dataclasses.fields(ServerKnobs)}
+    return {"backend": backend, "base_url": base_url, **shared}
+
+
+# The FactScore judge has no --trust-remote-code: it keeps what each backend does when not told, as it always
+# has (the lmdeploy backend's own default is True, the hf backend's False).
+JUDGE_TRUST_REMOTE_CODE = {"lmdeploy": True, "hf": False}
+
+
+def judge_backend_settings(settings: ScoreSettings) -> BackendSettings:
+    """The FactScore judge's backend knobs."""
+    return BackendSettings(**backend_knobs(settings, settings.judge_backend, settings.judge_base_url),
+                           trust_remote_code=JUDGE_TRUST_REMOTE_CODE.get(settings.judge_backend, False))
 
 
 def make_judge(settings: ScoreSettings, backend: ChatBackend | None = None) -> CachedJudge:
     if backend is None:
         if not settings.judge_model:
             raise ValueError("--judge-model is required for FactScore")
-        options: dict[str, Any] = {}
-        if settings.judge_backend == "openai":
-            options = {"base_url": settings.judge_base_url, **_openai_options(settings)}
-        elif settings.judge_backend == "hf":
-            options = {"device": settings.device, "batch_size": settings.judge_batch_size}
-        backend = load_backend(settings.judge_backend, settings.judge_model, **options)
+        backend = judge_backend_settings(settings).load(settings.judge_model, batch_size=settings.judge_batch_size)
     cache = settings.judge_cache or Path(settings.out) / "judge-cache.jsonl"
     return CachedJudge(backend, Decoding.greedy(settings.judge_max_new_tokens), settings.judge_batch_size, cache)
 
 
-def validate(settings: ScoreSettings, anah: list[str], facts: list[str]) -> None:
-    if settings.out in (None, ""):
-        raise ValueError("--out is required")
-    check_output_dir(settings.out)
-    if settings.metric in ("anah", "both") and not anah:
-        raise ValueError(f"--metric {settings.metric} needs at least one --anah NAME=ANNOTATIONS.jsonl")
-    if settings.metric in ("factscore", "both"):
-        if not facts:
+# ---------------------------------------------------------------- the metrics
+
+
+@dataclass
+class MetricInputs:
+    """What one metric scores: each model's runs (ANAH: annotation lists; FactScore: ``(label, samples)``),
+    and the questions the responses answer, by id (FactScore takes each response's topic from them)."""
+
+    metric: Metric
+    runs: dict[str, list]
+    questions: dict[str, Question] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AnahMetric:
+    """The ANAH score of annotation runs: ``eval score --anah``; ``eval run`` samples answers to
+    ``--anah-questions`` and annotates them with the ANAH-v2 judge."""
+
+    name: ClassVar[str] = "anah"
+    prompt_set: ClassVar[str] = "anah"  # eval run's files: anah-questions.jsonl, <model>/anah-samples.jsonl
+
+    def check_files(self, settings: ScoreSettings, specs: list[str]) -> None:
+        if not specs:
+            raise ValueError(f"--metric {settings.metric} needs at least one --anah NAME=ANNOTATIONS.jsonl")
+
+    def read_files(self, specs: list[str], questions: list[Path], **read: Any) -> MetricInputs:
+        runs = {}
+        for spec in specs:
+            name, files = parse_spec(spec)
+            runs[name] = [load_annotations(f, **read) for f in files]
+        return MetricInputs(self, runs)
+
+    def check_prompt_set(self, settings: EndToEndSettings) -> None:
+        if settings.anah_questions is None:
+            raise ValueError(f"--metric {settings.metric} needs --anah-questions")
+
+    def load_prompt_set(self, settings: EndToEndSettings) -> list[Question]:
+        return load_anah_questions(settings.anah_questions, settings.limit)
+
+    def model_runs(self, settings: EndToEndSettings, folder: Path, samples: Path, questions: Path,
+                   wanted: set[str], annotator: Any) -> list[list[Annotation]]:
+        """Annotate one model's samples (resumable), then its runs of the ``wanted`` questions."""
+        from .annotate.run import run_annotation
+
+        annotations_path = folder / "anah-annotations.jsonl"
+        run_annotation(annotate_settings(settings, samples, questions, annotations_path), annotator=annotator)
+        annotations = [a for a in load_jsonl(annotations_path, Annotation.from_dict)[0] if a.question_id in wanted]
+        return _runs_by_index(annotations, settings.runs)
+
+    def score(self, settings: ScoreSettings, inputs: MetricInputs, results: dict[str, ModelResult],
+              judge_backend: ChatBackend | None, progress: bool) -> None:
+        policy = LabelPolicy(nofact_correct=settings.nofact_correct)
+        for name, runs in inputs.runs.items():
+            results.setdefault(name, ModelResult(name)).anah = anah_runs(runs, policy)
+
+
+@dataclass(frozen=True)
+class FactScoreMetric:
+    """FactScore of response runs: ``eval score --factscore``; ``eval run`` samples biographies of
+    ``--bio-entities``. Facts are checked against ``--wiki-db`` by the judge."""
+
+    name: ClassVar[str] = "factscore"
+    prompt_set: ClassVar[str] = "bio"  # eval run's files: bio-questions.jsonl, <model>/bio-samples.jsonl
+
+    def check_files(self, settings: ScoreSettings, specs: list[str]) -> None:
+        if not specs:
             raise ValueError(f"--metric {settings.metric} needs at least one --factscore NAME=RESPONSES.jsonl")
         if settings.wiki_db is None:
             raise ValueError("FactScore needs --wiki-db (FActScore's enwiki-20230401.db or a DB in its format)")
+
+    def read_files(self, specs: list[str], questions: list[Path], **read: Any) -> MetricInputs:
+        runs = {}
+        for spec in specs:
+            name, files = parse_spec(spec)
+            runs[name] = [(str(f), [s for _, s in read_samples(f, **read)]) for f in files]
+        return MetricInputs(self, runs, load_topic_questions(list(questions)))
+
+    def check_prompt_set(self, settings: EndToEndSettings) -> None:
+        if settings.bio_entities is None:
+            raise ValueError(f"--metric {settings.metric} needs --bio-entities")
+        if settings.wiki_db is None:
+            raise ValueError("FactScore needs --wiki-db")
+
+    def load_prompt_set(self, settings: EndToEndSettings) -> list[Question]:
+        return load_biography_prompts(settings.bio_entities, settings.limit)
+
+    def model_runs(self, settings: EndToEndSettings, folder: Path, samples: Path, questions: Path,
+                   wanted: set[str], annotator: Any) -> list[tuple[str, list[Sample]]]:
+        """One model's runs of the ``wanted`` questions, each labelled with where it comes from."""
+        records = [s for s in load_jsonl(samples, Sample.from_dict)[0] if s.question_id in wanted]
+        return [(f"{samples}#sample_index={j}", run) for j, run in enumerate(_runs_by_index(records, settings.runs))]
+
+    def score(self, settings: ScoreSettings, inputs: MetricInputs, results: dict[str, ModelResult],
+              judge_backend: ChatBackend | None, progress: bool) -> None:
+        if not inputs.runs:
+            return  # no model: no judge to load
+        out = Path(settings.out)
+        judge = make_judge(settings, judge_backend)
+        db = WikiDB(settings.wiki_db)
+        retriever = load_retriever(settings.retriever, settings.embedding_model)
+        try:
+            for name, runs in inputs.runs.items():
+                for i, (label, samples) in enumerate(runs):
+                    result = factscore(items_from_samples(samples, inputs.questions), judge, db, retriever,
+                                       gamma=settings.gamma, k=settings.passages, progress=progress)
+                    write_jsonl(out / f"factscore-{_slug(name)}-run{i}.jsonl", [r.to_dict() for r in result.responses])
+                    results.setdefault(name, ModelResult(name)).factscore.append({**result.summary(), "run": label})
+        finally:
+            judge.close()
+            db.close()
+
+
+Metric = Union[AnahMetric, FactScoreMetric]
+ALL_METRICS: tuple[Metric, ...] = (AnahMetric(), FactScoreMetric())  # report order: ANAH first
+METRICS_OF: dict[str, tuple[Metric, ...]] = {"anah": ALL_METRICS[:1], "factscore": ALL_METRICS[1:],
+                                             "both": ALL_METRICS}
+
+
+def metrics_of(settings: ScoreSettings) -> list[Metric]:
+    """The metrics ``--metric`` asks for, in report order."""
+    if settings.metric not in METRICS_OF:
+        raise ValueError(f"--metric must be one of {', '.join(METRICS_OF)}, got {settings.metric!r}")
+    return list(METRICS_OF[settings.metric])
+
+
+# ---------------------------------------------------------------- scoring files
+
+
+def validate(settings: ScoreSettings, specs: dict[Metric, list[str]]) -> None:
+    """``specs``: each metric of the run with its ``NAME=FILE[,FILE...]`` inputs."""
+    if settings.out in (None, ""):
+        raise ValueError("--out is required")
+    check_output_dir(settings.out)
+    for metric, metric_specs in specs.items():
+        metric.check_files(settings, metric_specs)
     if settings.judge_batch_size < 1 or settings.passages < 1 or settings.gamma < 0:
         raise ValueError("--judge-batch-size and --passages must be >= 1, --gamma >= 0")
 
@@ -135,49 +284,25 @@ def score_files(settings: ScoreSettings, anah: list[str], facts: list[str], ques
     ``judge_backend`` replaces the one the settings name (tests pass a double).
     Every input is read and checked (repeated records, empty files) before
     anything is scored or written; ``read_stats`` receives what the reads saw.
+    Specs of a metric ``--metric`` leaves out are ignored.
     """
-    anah = anah if settings.metric != "factscore" else []
-    facts = facts if settings.metric != "anah" else []
-    validate(settings, anah, facts)
+    given = {AnahMetric.name: list(anah), FactScoreMetric.name: list(facts)}
+    specs = {metric: given[metric.name] for metric in metrics_of(settings)}
+    validate(settings, specs)
     read = dict(skip_invalid=skip_invalid, allow_empty=allow_empty, stats=read_stats)
-    anah_inputs = {}
-    for spec in anah:
-        name, files = parse_spec(spec)
-        anah_inputs[name] = [load_annotations(f, **read) for f in files]
-    fact_inputs = {}
-    for spec in facts:
-        name, files = parse_spec(spec)
-        fact_inputs[name] = [(str(f), [s for _, s in read_samples(f, **read)]) for f in files]
-    topics = load_topic_questions(list(questions)) if fact_inputs else {}
-    extra = {"anah": list(anah), "factscore": list(facts), "questions": [str(q) for q in questions]}
-    return score_models(settings, anah_inputs, fact_inputs, topics, judge_backend, progress, extra)
+    inputs = [metric.read_files(metric_specs, list(questions), **read) for metric, metric_specs in specs.items()]
+    extra = {**{metric.name: specs.get(metric, []) for metric in ALL_METRICS}, "questions": [str(q) for q in questions]}
+    return score_models(settings, inputs, judge_backend, progress, extra)
 
 
-def score_models(settings: ScoreSettings, anah: dict[str, list[list[Annotation]]],
-                 facts: dict[str, list[tuple[str, list[Sample]]]], topics: dict[str, Question],
-                 judge_backend: ChatBackend | None = None, progress: bool = True,
-                 extra: dict | None = None) -> dict[str, Path]:
-    """Score in-memory runs per model (ANAH: annotation runs; FactScore: (label, samples) runs); write reports."""
+def score_models(settings: ScoreSettings, inputs: list[MetricInputs], judge_backend: ChatBackend | None = None,
+                 progress: bool = True, extra: dict | None = None) -> dict[str, Path]:
+    """Score in-memory runs, metric by metric, and write the reports (and the settings) under ``settings.out``."""
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, ModelResult] = {}
-    policy = LabelPolicy(nofact_correct=settings.nofact_correct)
-    for name, runs in anah.items():
-        results.setdefault(name, ModelResult(name)).anah = anah_runs(runs, policy)
-    if facts:
-        judge = make_judge(settings, judge_backend)
-        db = WikiDB(settings.wiki_db)
-        retriever = load_retriever(settings.retriever, settings.embedding_model)
-        try:
-            for name, runs in facts.items():
-                for i, (label, samples) in enumerate(runs):
-                    result = factscore(items_from_samples(samples, topics), judge, db, retriever,
-                                       gamma=settings.gamma, k=settings.passages, progress=progress)
-                    write_jsonl(out / f"factscore-{_slug(name)}-run{i}.jsonl", [r.to_dict() for r in result.responses])
-                    results.setdefault(name, ModelResult(name)).factscore.append({**result.summary(), "run": label})
-        finally:
-            judge.close()
-            db.close()
+    for metric_inputs in inputs:
+        metric_inputs.metric.score(settings, metric_inputs, results, judge_backend, progress)
     extra = extra or {}
     write_settings(out / "eval-settings.json", settings, **extra)
     return write_report(out, list(results.values()), settings={**settings_dict(settings), **extra})
@@ -214,25 +339,25 @@ class EndToEndSettings(ScoreSettings):
               "unverifiable under ours) or error.")
 
 
-def _annotate_settings(settings: EndToEndSettings, samples: Path, questions: Path, out: Path):
+def annotate_settings(settings: EndToEndSettings, samples: Path, questions: Path, out: Path):
+    """The annotation stage's settings for the ANAH-v2 judge of ``eval run``."""
     from .annotate.run import AnnotateSettings
 
     return AnnotateSettings(samples=samples, questions=questions, out=out, annotator=settings.annotator,
-                            backend=settings.annotator_backend, model=settings.annotator_model,
-                            batch_size=settings.batch_size, device=settings.device,
-                            base_url=settings.annotator_base_url, prompts=settings.annotator_prompts,
-                            splitter=settings.annotator_splitter, unparseable=settings.annotator_unparseable,
-                            **_openai_options(settings))
+                            model=settings.annotator_model, batch_size=settings.batch_size,
+                            prompts=settings.annotator_prompts, splitter=settings.annotator_splitter,
+                            unparseable=settings.annotator_unparseable,
+                            **backend_knobs(settings, settings.annotator_backend, settings.annotator_base_url))
 
 
-def _sample_settings(settings: EndToEndSettings, questions: Path, out: Path, model: str):
+def sample_settings(settings: EndToEndSettings, questions: Path, out: Path, model: str):
+    """The sampling stage's settings for one evaluated model of ``eval run``."""
     from .sample import SampleSettings
 
-    return SampleSettings(questions=questions, out=out, model=model, backend=settings.backend, n=settings.runs,
-                          top_k=settings.top_k, temperature=settings.temperature,
-                          max_new_tokens=settings.max_new_tokens, greedy=settings.greedy, seed=settings.seed,
-                          batch_size=settings.batch_size, device=settings.device, base_url=settings.base_url,
-                          **_openai_options(settings))
+    return SampleSettings(questions=questions, out=out, model=model, n=settings.runs, top_k=settings.top_k,
+                          temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
+                          greedy=settings.greedy, seed=settings.seed, batch_size=settings.batch_size,
+                          **backend_knobs(settings, settings.backend, settings.base_url))
 
 
 def _runs_by_index(records: list, runs: int) -> list[list]:
@@ -254,17 +379,10 @@ def validate_end_to_end(settings: EndToEndSettings, models: list[str], sampler: 
     if len({n for n, _ in pairs}) != len(pairs):
         raise ValueError(f"--model names must be unique, got {[n for n, _ in pairs]}")
     if sampler is None:
-        from .sample import check_model_path
-
         for _, path in pairs:
             check_model_path(settings.backend, path)
-    if settings.metric in ("anah", "both") and settings.anah_questions is None:
-        raise ValueError(f"--metric {settings.metric} needs --anah-questions")
-    if settings.metric in ("factscore", "both"):
-        if settings.bio_entities is None:
-            raise ValueError(f"--metric {settings.metric} needs --bio-entities")
-        if settings.wiki_db is None:
-            raise ValueError("FactScore needs --wiki-db")
+    for metric in metrics_of(settings):
+        metric.check_prompt_set(settings)
     if settings.runs < 1 or (settings.greedy and settings.runs != 1):
         raise ValueError(f"--runs {settings.runs}: greedy decoding gives one run; use --no-greedy for several")
     return pairs
@@ -281,42 +399,27 @@ def run_end_to_end(settings: EndToEndSettings, models: list[str], *, sampler: Ch
     ``sampler`` / ``annotator`` / ``judge_backend`` replace the ones the
     settings name (tests pass small models and doubles).
     """
-    from .annotate.run import run_annotation
     from .sample import run_sampling
 
     pairs = validate_end_to_end(settings, models, sampler)
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    do_anah = settings.metric in ("anah", "both")
-    do_facts = settings.metric in ("factscore", "both")
-    anah_qs = load_anah_questions(settings.anah_questions, settings.limit) if do_anah else []
-    bio_qs = load_biography_prompts(settings.bio_entities, settings.limit) if do_facts else []
-    write_jsonl(out / "anah-questions.jsonl", [q.to_dict() for q in anah_qs]) if do_anah else None
-    write_jsonl(out / "bio-questions.jsonl", [q.to_dict() for q in bio_qs]) if do_facts else None
-    anah_inputs: dict[str, list[list[Annotation]]] = {}
-    fact_inputs: dict[str, list[tuple[str, list[Sample]]]] = {}
+    prompt_sets = [(metric, metric.load_prompt_set(settings)) for metric in metrics_of(settings)]
+    for metric, questions in prompt_sets:
+        write_jsonl(out / f"{metric.prompt_set}-questions.jsonl", [q.to_dict() for q in questions])
+    runs: dict[Metric, dict[str, list]] = {metric: {} for metric, _ in prompt_sets}
     for name, path in pairs:
         folder = out / _slug(name)
-        for kind, questions_file in (("anah", out / "anah-questions.jsonl"), ("bio", out / "bio-questions.jsonl")):
-            if (kind == "anah" and not do_anah) or (kind == "bio" and not do_facts):
-                continue
-            samples_path = folder / f"{kind}-samples.jsonl"
-            run_sampling(_sample_settings(settings, questions_file, samples_path, path), backend=sampler)
+        for metric, questions in prompt_sets:
+            questions_file = out / f"{metric.prompt_set}-questions.jsonl"
+            samples_path = folder / f"{metric.prompt_set}-samples.jsonl"
+            run_sampling(sample_settings(settings, questions_file, samples_path, path), backend=sampler)
             # A folder reused with another --limit may hold more records: score this prompt set only.
-            wanted = {q.id for q in (anah_qs if kind == "anah" else bio_qs)}
-            if kind == "anah":
-                annotations_path = folder / "anah-annotations.jsonl"
-                run_annotation(_annotate_settings(settings, samples_path, questions_file, annotations_path),
-                               annotator=annotator)
-                annotations = [a for a in load_jsonl(annotations_path, Annotation.from_dict)[0]
-                               if a.question_id in wanted]
-                anah_inputs[name] = _runs_by_index(annotations, settings.runs)
-            else:
-                samples = [s for s in load_jsonl(samples_path, Sample.from_dict)[0] if s.question_id in wanted]
-                fact_inputs[name] = [(f"{samples_path}#sample_index={j}", run)
-                                     for j, run in enumerate(_runs_by_index(samples, settings.runs))]
+            wanted = {q.id for q in questions}
+            runs[metric][name] = metric.model_runs(settings, folder, samples_path, questions_file, wanted, annotator)
+    inputs = [MetricInputs(metric, runs[metric], {q.id: q for q in questions}) for metric, questions in prompt_sets]
     extra = {"models": [f"{n}={p}" for n, p in pairs]}
-    return score_models(settings, anah_inputs, fact_inputs, {q.id: q for q in bio_qs}, judge_backend, progress, extra)
+    return score_models(settings, inputs, judge_backend, progress, extra)
 
 
 def _slug(name: str) -> str:

@@ -94,11 +94,11 @@ def test_end_to_end_reports_and_resumes_after_kills(tmp_path, prompt_sets, tiny_
 
 
 def test_greedy_by_default_and_runs_need_sampling(tmp_path):
-    from maskdpo.evaluate import _sample_settings, validate_end_to_end
+    from maskdpo.evaluate import sample_settings, validate_end_to_end
 
     settings = EndToEndSettings(out=tmp_path, metric="anah", anah_questions=tmp_path / "q.jsonl")
     assert settings.greedy is True
-    assert _sample_settings(settings, tmp_path / "q.jsonl", tmp_path / "s.jsonl", "m").greedy is True
+    assert sample_settings(settings, tmp_path / "q.jsonl", tmp_path / "s.jsonl", "m").greedy is True
     with pytest.raises(ValueError, match="greedy"):
         validate_end_to_end(EndToEndSettings(out=tmp_path, metric="anah", anah_questions=tmp_path, runs=3), ["m=p"])
     with pytest.raises(ValueError, match="--bio-entities"):

@@ -100,3 +100,72 @@ def test_samples_given_as_annotations_get_a_hint(files):
                                        "--anah", f"m={files / 'base.bio.jsonl'}"])
     assert result.exit_code != 0
     assert "base.bio.jsonl:1: field 'format'" in result.output and "maskdpo annotate" in result.output
+
+
+# ---------------------------------------------------------------- the metric objects, the judge's backend
+
+
+@pytest.mark.parametrize("metric_name, check, settings, error", [
+    ("anah", "check_files", dict(metric="anah"), "--metric anah needs at least one --anah NAME=ANNOTATIONS.jsonl"),
+    ("factscore", "check_files", dict(metric="both"),
+     "--metric both needs at least one --factscore NAME=RESPONSES.jsonl"),
+    ("factscore", "check_files+spec", dict(metric="factscore"),
+     "FactScore needs --wiki-db (FActScore's enwiki-20230401.db or a DB in its format)"),
+    ("anah", "check_prompt_set", dict(metric="both"), "--metric both needs --anah-questions"),
+    ("factscore", "check_prompt_set", dict(metric="factscore"), "--metric factscore needs --bio-entities"),
+    ("factscore", "check_prompt_set", dict(metric="factscore", bio_entities="e.txt"), "FactScore needs --wiki-db"),
+])
+def test_each_metric_names_its_missing_input(tmp_path, metric_name, check, settings, error):
+    import re
+
+    from maskdpo.evaluate import EndToEndSettings, metrics_of
+
+    settings = EndToEndSettings(out=tmp_path, **settings)
+    [metric] = [m for m in metrics_of(settings) if m.name == metric_name]
+    with pytest.raises(ValueError, match=f"^{re.escape(error)}$"):
+        if check == "check_prompt_set":
+            metric.check_prompt_set(settings)
+        else:
+            metric.check_files(settings, ["m=f.jsonl"] if check.endswith("+spec") else [])
+    assert [m.name for m in metrics_of(EndToEndSettings(metric="both"))] == ["anah", "factscore"]
+    with pytest.raises(ValueError, match="--metric must be one of anah, factscore, both"):
+        metrics_of(EndToEndSettings(metric="fact"))
+
+
+# What the judge's backend was built with before ScoreSettings inherited the shared backend knobs.
+JUDGE_OPTIONS_BEFORE = {
+    "lmdeploy": {},
+    "hf": {"device": "cpu", "batch_size": 3},
+    "openai": {"base_url": "http://127.0.0.1:9/v1", "server_profile": "openai", "max_retries": 1, "timeout": 7.0},
+}
+
+
+@pytest.mark.parametrize("backend", sorted(JUDGE_OPTIONS_BEFORE))
+def test_factscore_judge_backend_gets_the_options_it_got_before(tmp_path, monkeypatch, backend):
+    """Options differ in what is spelled out; the constructor's arguments, defaults filled in, do not."""
+    import importlib
+    import inspect
+
+    from maskdpo.evaluate import ScoreSettings, make_judge
+
+    loaded = []
+    monkeypatch.setattr(backends, "load_backend", lambda name, model, **options: loaded.append((name, model, options))
+                        or object())
+    settings = ScoreSettings(out=tmp_path, judge_backend=backend, judge_model="judge", judge_batch_size=3,
+                             judge_base_url="http://127.0.0.1:9/v1", device="cpu", server_profile="openai",
+                             max_retries=1, timeout=7.0)
+    make_judge(settings)
+    [(name, model, options)] = loaded
+    assert (name, model) == (backend, "judge")
+
+    module, cls = backends.BACKENDS[backend].split(":")
+    signature = inspect.signature(getattr(importlib.import_module(module), cls).__init__)
+
+    def effective(opts):
+        bound = signature.bind(None, model="judge", **opts)
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    assert effective(options) == effective(JUDGE_OPTIONS_BEFORE[backend])
+    if backend == "lmdeploy":  # LMDeploy's own default: the judge runs its repository's code, one GPU, TurboMind
+        assert options == {"tp": 1, "engine": "turbomind", "trust_remote_code": True}
