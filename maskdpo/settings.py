@@ -34,10 +34,14 @@ def _option_name(name: str) -> str:
 
 def option_fields(settings_cls: type) -> list[dataclasses.Field]:
     """The fields of ``settings_cls`` in ``--help`` order: those the class declares first (in order), then
-    the inherited ones (the shared backend knobs of :mod:`maskdpo.stage`), so a stage's own options lead."""
-    own = set(settings_cls.__dict__.get("__annotations__", {}))
-    fields = dataclasses.fields(settings_cls)
-    return [f for f in fields if f.name in own] + [f for f in fields if f.name not in own]
+    those of each base in turn (the shared backend knobs of :mod:`maskdpo.stage`): a stage's own options lead."""
+    by_name = {f.name: f for f in dataclasses.fields(settings_cls)}
+    ordered: dict[str, dataclasses.Field] = {}
+    for cls in settings_cls.__mro__:  # the class itself, then its bases: nearest declaration first
+        for name in cls.__dict__.get("__annotations__", {}):
+            if name in by_name and name not in ordered:
+                ordered[name] = by_name[name]
+    return list(ordered.values())
 
 
 def click_options(settings_cls: type, exclude: tuple[str, ...] = ()) -> Callable:
