@@ -15,7 +15,8 @@ import time
 import pytest
 
 from maskdpo.masking import FLIP_MASK_FOR_TESTS
-from maskdpo.toyworld.demo import MODELS, SPLITS, DemoSettings, Prepared, evaluate_model, make_plan, step_train
+from maskdpo.toyworld.demo import SPLITS, DemoSettings, Prepared, evaluate_model, make_plan, step_train
+from maskdpo.toyworld.report import MODELS
 
 
 @pytest.fixture(scope="module")

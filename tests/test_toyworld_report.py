@@ -6,10 +6,11 @@ import pytest
 
 from maskdpo.masking import FLIP_MASK_FOR_TESTS, keep_flags
 from maskdpo.records import PairItem
-from maskdpo.toyworld.demo import (DemoSettings, _split_pair_key, default_threads, expected_minutes, make_plan,
-                                   report_markdown, resolve_threads, splits_of, summarize)
+from maskdpo.toyworld import report
+from maskdpo.toyworld.demo import DemoSettings, default_threads, expected_minutes, make_plan, resolve_threads
+from maskdpo.toyworld.report import (MASK_DIFFERENCES, MASK_MODELS, cell, mask_study_markdown, report_markdown,
+                                     split_pair_key, splits_of, summarize, write_mask_study_reports)
 from maskdpo.toyworld.rich import RichSettings
-from maskdpo.toyworld.study import MASK_MODELS, write_mask_study_reports
 from maskdpo.toyworld.world import WorldSettings
 
 
@@ -85,10 +86,32 @@ def test_mask_study_report_on_synthetic_results(tmp_path):
 
 
 def test_difference_keys_split_on_model_names():
-    assert _split_pair_key("mask-chosen-dpo") == ("mask-chosen", "dpo")
-    assert _split_pair_key("maskdpo-mask-rejected") == ("maskdpo", "mask-rejected")
+    assert split_pair_key("mask-chosen-dpo") == ("mask-chosen", "dpo")
+    assert split_pair_key("maskdpo-mask-rejected") == ("maskdpo", "mask-rejected")
     with pytest.raises(KeyError):
-        _split_pair_key("maskdpo-nothing")
+        split_pair_key("maskdpo-nothing")
+
+
+def test_the_demo_and_the_mask_study_format_cells_through_one_function(tmp_path, monkeypatch):
+    offsets = {"base": 0, "dpo": 4, "mask-chosen": 5, "mask-rejected": 6, "maskdpo": 9}
+    per_seed = [_seed(0, offsets), _seed(1, {**offsets, "maskdpo": 3})]
+    settings = DemoSettings(out=tmp_path, seeds=2)
+    demo = report_markdown(summarize(per_seed), settings)
+    mask = mask_study_markdown(summarize(per_seed, MASK_MODELS, MASK_DIFFERENCES), settings)
+    # Mask-DPO's training split: ANAH 69 and 63, fact precision 49 and 43, 4 facts per answer in both seeds.
+    row = f"| Mask-DPO | {cell([69.0, 63.0])} | {cell([49.0, 43.0])} | {cell([4.0, 4.0])} |"
+    assert row == "| Mask-DPO | 66.00 ± 4.24 | 46.00 ± 4.24 | 4.00 ± 0.00 |"
+    assert row in demo and row in mask
+    shared = [line for line in demo.splitlines()
+              if line.startswith(("| base policy |", "| DPO (mask none) |", "| Mask-DPO |"))]
+    assert len(shared) == 3 and all(line in mask.splitlines() for line in shared)  # same model, same row
+    # Every number of both reports comes from the one cell function: swap it and both tables change.
+    monkeypatch.setattr(report, "cell", lambda values, digits=2: f"<{len(values)} values>")
+    for md in (report_markdown(summarize(per_seed), settings),
+               mask_study_markdown(summarize(per_seed, MASK_MODELS, MASK_DIFFERENCES), settings)):
+        assert "| Mask-DPO | <2 values> | <2 values> |" in md
+        assert "| Mask-DPO − DPO (mask none) | <2 values> (1/2) |" in md
+        assert " ± " not in md.split("\n\n", 2)[2]  # no number left formatted another way
 
 
 def _item(types: list[str]) -> PairItem:

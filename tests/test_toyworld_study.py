@@ -12,8 +12,8 @@ import pytest
 
 from maskdpo.records import Annotation, Sentence
 from maskdpo.toyworld.demo import DemoSettings
-from maskdpo.toyworld.study import (FORMAT, GROUPS, select_topic_subsets, split_by_topics, summarize_study,
-                                    topic_counts, write_study_reports)
+from maskdpo.toyworld.report import FORMAT, GROUPS, summarize_study, write_study_reports
+from maskdpo.toyworld.study import select_topic_subsets, split_by_topics, topic_counts
 
 
 def _questions(per_topic: dict[str, int]) -> dict[str, str]:

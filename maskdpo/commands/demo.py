@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from ..settings import click_options, settings_from_options
-from ..toyworld.demo import DemoSettings
+from ..toyworld.demo import DemoSettings, run_demo
+from ..toyworld.report import printed_summary
 from . import reports_errors
 
 
@@ -34,30 +35,6 @@ def demo(**options) -> None:
 
     --world rich (default) or simple picks the world (docs/toyworld.md).
     """
-    from ..toyworld.demo import run_demo
-
     settings = settings_from_options(DemoSettings, options)
-    try:
-        if settings.study == "topics":
-            from ..toyworld.study import run_topic_study
-
-            paths = run_topic_study(settings)
-        elif settings.study == "mask":
-            from ..toyworld.study import run_mask_study
-
-            paths = run_mask_study(settings)
-        else:
-            paths = run_demo(settings)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo("")
-    click.echo(paths["markdown"].read_text(encoding="utf-8"))
-    click.echo("Outputs:")
-    for name in ("markdown", "json", "png"):
-        click.echo(f"  {paths[name]}")
-    if settings.study == "topics":
-        click.echo(f"  {paths['markdown'].parent}/seed-*/study-topics/ (subsets, models, evaluation)")
-    elif settings.study == "mask":
-        click.echo(f"  {paths['markdown'].parent}/seed-*/train/ (one model per mask), seed-*/eval/")
-    else:
-        click.echo(f"  {paths['markdown'].parent}/table1-train.*, table1-test.* (Table-1 files), seed-*/ (every stage)")
+    for line in printed_summary(settings, run_demo(settings)):
+        click.echo(line)

@@ -18,7 +18,8 @@ shared by families, a third split of held-out families) and ``simple``
 (:mod:`maskdpo.toyworld.world`: four attributes, the first world).
 
 Then ``OUT/report.{md,json,png}`` (all seeds: mean ± spread, within-seed
-differences) and the Table-1 files ``OUT/table1-{train,test}.{md,json,png}``.
+differences) and the Table-1 files ``OUT/table1-{train,test}.{md,json,png}``,
+written by :mod:`maskdpo.toyworld.report`.
 
 The headline metric is the ANAH score of sampled answers (``eval_samples``
 per question, the paper's decoding) on the training questions (fresh samples)
@@ -27,7 +28,7 @@ sit beside it so a method cannot win by saying less.
 
 ``--study topics`` and ``--study mask`` reuse the shared steps
 (:func:`prepare_seed`, :func:`step_train`, :func:`evaluate_model`); see
-:mod:`maskdpo.toyworld.study`.
+:mod:`maskdpo.toyworld.study`. :func:`run_demo` runs whichever the settings ask for.
 """
 
 from __future__ import annotations
@@ -36,23 +37,19 @@ import dataclasses
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from ..settings import knob, settings_dict, write_settings
+from ..settings import knob, write_settings
 from .policy import PolicySettings
+from .report import SPLIT_TITLES, write_reports
 from .rich import RichSettings
 from .world import WorldSettings
 
-MODELS = ("base", "dpo", "maskdpo")
-MODEL_TITLES = {"base": "base policy", "dpo": "DPO (mask none)", "maskdpo": "Mask-DPO",
-                "mask-chosen": "mask chosen only", "mask-rejected": "mask rejected only"}
 SPLITS = ("train", "test")  # every world; the rich world adds "test_family"
-SPLIT_TITLES = {"train": "train", "test": "held-out people", "test_family": "held-out families"}
 # Preference-training runs: the XTuner config and the mask the data carries (-100 labels).
 CONFIGS = {"maskdpo": "maskdpo_tiny_cpu.py", "dpo": "dpo_tiny_cpu.py", "mask-chosen": "maskdpo_tiny_cpu.py",
            "mask-rejected": "maskdpo_tiny_cpu.py"}
@@ -383,162 +380,6 @@ def run_seed(settings: DemoSettings, seed: int) -> dict:
     return scores
 
 
-# ---------------------------------------------------------------- report
-
-
-def _mean_spread(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def _cell(values: list[float], digits: int = 2) -> str:
-    mean, spread = _mean_spread(values)
-    return f"{mean:.{digits}f} ± {spread:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
-
-
-METRICS = ("anah", "fact_precision", "facts_per_response")
-DIFFERENCES = (("maskdpo", "dpo"), ("maskdpo", "base"), ("dpo", "base"))
-
-
-def splits_of(per_seed: list[dict]) -> tuple[str, ...]:
-    """The splits every seed evaluated, in report order (train, held-out people, held-out families)."""
-    present = [set(s["models"]["base"]) for s in per_seed]
-    return tuple(split for split in SPLIT_TITLES if all(split in p for p in present))
-
-
-def summarize(per_seed: list[dict], models: tuple[str, ...] = MODELS,
-              differences: tuple[tuple[str, str], ...] = DIFFERENCES) -> dict:
-    """Mean and spread over seeds of every metric, and of the within-seed differences of the ANAH score."""
-    splits = splits_of(per_seed)
-    summary: dict = {"seeds": [s["seed"] for s in per_seed], "splits": list(splits), "models": {},
-                     "differences": {}}
-    for name in models:
-        summary["models"][name] = {}
-        for split in splits:
-            entry = {}
-            for metric in METRICS:
-                values = [s["models"][name][split][metric] for s in per_seed]
-                mean, spread = _mean_spread(values)
-                entry[metric] = {"mean": mean, "spread": spread, "per_seed": values}
-            summary["models"][name][split] = entry
-    for a, b in differences:
-        summary["differences"][f"{a}-{b}"] = {}
-        for split in splits:
-            diffs = [s["models"][a][split]["anah"] - s["models"][b][split]["anah"] for s in per_seed]
-            mean, spread = _mean_spread(diffs)
-            summary["differences"][f"{a}-{b}"][split] = {"mean": mean, "spread": spread, "per_seed": diffs,
-                                                        "wins": sum(d > 0 for d in diffs)}
-    return summary
-
-
-def metrics_table(summary: dict, models: tuple[str, ...]) -> list[str]:
-    """Markdown rows: per model, ANAH %, fact precision % and facts per answer on every split."""
-    splits = summary["splits"]
-    header = "| Model | " + " | ".join(f"{SPLIT_TITLES[s]}: {col}" for s in splits
-                                      for col in ("ANAH %", "fact precision %", "facts/answer")) + " |"
-    lines = [header, "|---|" + "---:|" * (3 * len(splits))]
-    for name in models:
-        cells = [MODEL_TITLES[name]]
-        for split in splits:
-            e = summary["models"][name][split]
-            cells += [_cell(e[metric]["per_seed"]) for metric in METRICS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def differences_table(summary: dict) -> list[str]:
-    """Markdown rows: within-seed differences of the ANAH score with wins per seed."""
-    splits = summary["splits"]
-    k = len(summary["seeds"])
-    lines = ["| Difference | " + " | ".join(SPLIT_TITLES[s] for s in splits) + " |",
-             "|---|" + "---:|" * len(splits)]
-    for key, d in summary["differences"].items():
-        a, b = _split_pair_key(key)
-        cells = [f"{MODEL_TITLES[a]} − {MODEL_TITLES[b]}"]
-        for split in splits:
-            cells.append(f"{_cell(d[split]['per_seed'])} ({d[split]['wins']}/{k})")
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def _split_pair_key(key: str) -> tuple[str, str]:
-    """``mask-chosen-dpo`` -> (mask-chosen, dpo): model names may contain one hyphen."""
-    for name in MODEL_TITLES:
-        if key.startswith(name + "-") and key[len(name) + 1:] in MODEL_TITLES:
-            return name, key[len(name) + 1:]
-    raise KeyError(f"not a difference key: {key!r}")
-
-
-def report_markdown(summary: dict, settings: DemoSettings) -> str:
-    k = len(summary["seeds"])
-    lines = [f"# Toy-world demo: base vs DPO vs Mask-DPO ({settings.world} world, {k} seed{'s' if k > 1 else ''}"
-             f"{', quick' if settings.quick else ''})", "",
-             "ANAH score (% correct sentences, nofact counted correct) of sampled answers (top-k 40, T 0.8)"
-             + (", mean ± sample standard deviation over seeds." if k > 1 else "."), ""]
-    lines += metrics_table(summary, MODELS)
-    lines += ["", "Within-seed differences of the ANAH score (points; wins = seeds where the first is higher):", ""]
-    lines += differences_table(summary)
-    lines += ["", "train = fresh samples of the training questions; held-out people = people whose questions were "
-                  "never in preference training"
-              + ("; held-out families = families none of whose members was in preference training"
-                 if "test_family" in summary["splits"] else "")
-              + ". Per-seed details: seed-*/scores.json."]
-    return "\n".join(lines) + "\n"
-
-
-def plot_models(summary: dict, models: tuple[str, ...], path: Path, title: str) -> None:
-    """Bars of the sampled ANAH score (mean ± spread) per split and model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    splits = summary["splits"]
-    fig, ax = plt.subplots(figsize=(2.2 + 2.0 * len(splits), 3.8), dpi=120)
-    width = 0.8 / len(models)
-    for j, name in enumerate(models):
-        xs = [i + (j - (len(models) - 1) / 2) * width for i in range(len(splits))]
-        entries = [summary["models"][name][split]["anah"] for split in splits]
-        bars = ax.bar(xs, [e["mean"] for e in entries], width, yerr=[e["spread"] for e in entries], capsize=3,
-                      label=MODEL_TITLES[name])
-        ax.bar_label(bars, labels=[f"{e['mean']:.1f}" for e in entries], fontsize=6)
-    ax.set_xticks(range(len(splits)), [SPLIT_TITLES[s] for s in splits])
-    ax.set_ylabel("ANAH score (sampled answers)")
-    low = min(summary["models"][n][s]["anah"]["mean"] for n in models for s in splits)
-    ax.set_ylim(max(0.0, low - 15), 100)
-    ax.legend(fontsize=7, loc="upper left", ncol=2)  # bars stay below ~90: the top left is free
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def plot_summary(summary: dict, path: Path) -> None:
-    plot_models(summary, MODELS, path, "Toy world: factuality after preference training")
-
-
-def write_reports(settings: DemoSettings, per_seed: list[dict]) -> dict[str, Path]:
-    from ..jsonl import load_jsonl
-    from ..metrics.anah import anah_runs
-    from ..records import Annotation
-    from ..report import ModelResult, write_report
-
-    out = Path(settings.out)
-    summary = summarize(per_seed)
-    paths = {"markdown": out / "report.md", "json": out / "report.json", "png": out / "report.png"}
-    paths["markdown"].write_text(report_markdown(summary, settings), encoding="utf-8")
-    paths["json"].write_text(json.dumps({"format": "maskdpo/toyworld-demo@1", "settings": settings_dict(settings),
-                                         "summary": summary, "per_seed": per_seed}, indent=1, default=str) + "\n")
-    plot_summary(summary, paths["png"])
-    for split in summary["splits"]:  # the evaluation stage's own Table-1 files, one run per seed
-        models = []
-        for name in MODELS:
-            runs = [load_jsonl(s["models"][name][split]["annotations"], Annotation.from_dict)[0] for s in per_seed]
-            models.append(ModelResult(MODEL_TITLES[name], anah=anah_runs(runs)))
-        for kind, p in write_report(out, models, settings={"split": split}, stem=f"table1-{split}").items():
-            paths[f"table1-{split}-{kind}"] = p
-    return paths
-
-
 def announce(settings: DemoSettings, runs_per_seed: float = 1.0) -> None:
     """Say up front how long the command should take and with how many threads."""
     minutes = expected_minutes(settings) * runs_per_seed
@@ -548,7 +389,20 @@ def announce(settings: DemoSettings, runs_per_seed: float = 1.0) -> None:
 
 
 def run_demo(settings: DemoSettings) -> dict[str, Path]:
-    """Run every seed (each resumable), then write the reports; returns the report paths."""
+    """``maskdpo demo``: the comparison, or the study ``settings.study`` names; returns the report paths."""
+    if settings.study == "topics":
+        from .study import run_topic_study  # study.py builds on this module: imported when asked for
+
+        return run_topic_study(settings)
+    if settings.study == "mask":
+        from .study import run_mask_study
+
+        return run_mask_study(settings)
+    return run_comparison(settings)
+
+
+def run_comparison(settings: DemoSettings) -> dict[str, Path]:
+    """Base vs DPO vs Mask-DPO: run every seed (each resumable), then write the reports; returns their paths."""
     validate(settings)
     settings = resolve_threads(settings)
     announce(settings)

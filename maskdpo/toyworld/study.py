@@ -18,9 +18,9 @@ the full pair set; reused when ``OUT/seed-S/`` already has them)::
     study-topics/scores.json
     eval/base-*                      the base policy's evaluation (shared with the demo)
 
-Then ``OUT/study-topics.{md,json,png}``. The held-out people belong to every
-family, so besides the whole held-out split the report scores those whose
-family was in the subset ("seen families") and those whose family was not. In
+Then ``OUT/study-topics.{md,json,png}`` (:mod:`maskdpo.toyworld.report`).
+The held-out people belong to every family, so besides the whole held-out
+split the report scores those whose family was in the subset ("seen families") and those whose family was not. In
 the rich world (:mod:`maskdpo.toyworld.rich`) the subsets are drawn from the
 training families, and the held-out families (no member in preference
 training) are a third evaluation split.
@@ -41,19 +41,9 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..settings import settings_dict, write_settings
-from .demo import (DemoSettings, _cell, _mean_spread, announce, differences_table, evaluate_model, metrics_table,
-                   plot_models, prepare_seed, resolve_threads, say, step_train, summarize, validate)
-
-FRACTIONS = (1 / 3, 2 / 3, 1.0)  # of the families: the paper's 894 / 1,788 / 2,682 topics are 1 : 2 : 3
-STUDY = "study-topics"
-FORMAT = "maskdpo/toyworld-study-topics@1"
-METRICS = ("anah", "fact_precision", "facts_per_response")
-# test_seen / test_unseen: held-out people of families in / not in the subset; test_family: the held-out
-# families (rich world only).
-GROUPS = ("train", "test", "test_seen", "test_unseen", "test_family")
-GROUP_TITLES = {"train": "train", "test": "held-out", "test_seen": "held-out, seen families",
-                "test_unseen": "held-out, unseen families", "test_family": "held-out families"}
+from ..settings import write_settings
+from .demo import DemoSettings, announce, evaluate_model, prepare_seed, resolve_threads, say, step_train, validate
+from .report import FRACTIONS, MASK_MODELS, MASK_STUDY, STUDY, write_mask_study_reports, write_study_reports
 
 
 @dataclass(frozen=True)
@@ -201,146 +191,7 @@ def run_topic_study(settings: DemoSettings) -> dict[str, Path]:
     return write_study_reports(settings, per_seed)
 
 
-# ---------------------------------------------------------------- report
-
-
-def summarize_study(per_seed: list[dict]) -> dict:
-    """Per setting (in topic order) and for the base policy: mean and spread over seeds of each group's metrics.
-
-    A group missing in a seed (no held-out person of an unseen family when all families are trained on) is left
-    out of that seed's values; with no values at all its entry is None.
-    """
-    def entry(group_dicts: list) -> dict | None:
-        present = [g for g in group_dicts if g is not None]
-        if not present:
-            return None
-        result = {}
-        for metric in METRICS:
-            values = [g[metric] for g in present]
-            mean, spread = _mean_spread(values)
-            result[metric] = {"mean": mean, "spread": spread, "per_seed": values}
-        return result
-
-    n_settings = {len(s["settings"]) for s in per_seed}
-    if len(n_settings) != 1:
-        raise ValueError(f"seeds differ in their number of study settings: {sorted(n_settings)}")
-    summary: dict = {"seeds": [s["seed"] for s in per_seed],
-                     "base": {g: entry([s["base"].get(g) for s in per_seed]) for g in ("train", "test", "test_family")},
-                     "settings": []}
-    for i in range(n_settings.pop()):
-        rows = [s["settings"][i] for s in per_seed]
-        differences = {}
-        for g in [g for g in ("train", "test", "test_family")
-                  if all(g in r["groups"] for r in rows)]:  # against the fewest-topics setting, within each seed
-            diffs = [r["groups"][g]["anah"] - s["settings"][0]["groups"][g]["anah"] for r, s in zip(rows, per_seed)]
-            mean, spread = _mean_spread(diffs)
-            differences[g] = {"mean": mean, "spread": spread, "per_seed": diffs, "wins": sum(d > 0 for d in diffs)}
-        summary["settings"].append({
-            "topics": [r["topics"] for r in rows], "pairs": [r["pairs"] for r in rows],
-            "families": [s["families"] for s in per_seed],
-            "groups": {g: entry([r["groups"].get(g) for r in rows]) for g in GROUPS},
-            "minus_fewest_topics": differences})
-    return summary
-
-
-def _values_cell(values: list[int]) -> str:
-    return str(values[0]) if len(set(values)) == 1 else "/".join(map(str, values))
-
-
-def _metric_cell(entry: dict | None, metric: str = "anah") -> str:
-    return "–" if entry is None else _cell(entry[metric]["per_seed"])
-
-
-def study_markdown(summary: dict, settings: DemoSettings) -> str:
-    k = len(summary["seeds"])
-    lines = [f"# Toy-world study: more topics vs more questions per topic ({k} seed{'s' if k > 1 else ''}"
-             f"{', quick' if settings.quick else ''})", "",
-             "Mask-DPO trained from the same base policy on equal-size pair subsets drawn from more or fewer "
-             "families (topic = family). ANAH score (% correct sentences, nofact counted correct) of sampled answers "
-             "(top-k 40, T 0.8)" + (", mean ± sample standard deviation over seeds." if k > 1 else "."), "",
-             "| Training pairs from | topics | pairs | pairs/topic | train: ANAH % | held-out: ANAH % "
-             "| held-out, seen families | held-out, unseen families | held-out: fact precision % "
-             "| held-out: facts/answer | held-out families: ANAH % | held-out families: facts/answer |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    base = summary["base"]
-    lines.append(f"| base policy (no preference training) | – | – | – | {_metric_cell(base['train'])} "
-                 f"| {_metric_cell(base['test'])} | – | – | {_metric_cell(base['test'], 'fact_precision')} "
-                 f"| {_metric_cell(base['test'], 'facts_per_response')} | {_metric_cell(base.get('test_family'))} "
-                 f"| {_metric_cell(base.get('test_family'), 'facts_per_response')} |")
-    for row in summary["settings"]:
-        g = row["groups"]
-        per_topic = sum(row["pairs"]) / sum(row["topics"])
-        lines.append(f"| Mask-DPO, {_values_cell(row['topics'])} families | {_values_cell(row['topics'])} "
-                     f"| {_values_cell(row['pairs'])} | {per_topic:.1f} | {_metric_cell(g['train'])} "
-                     f"| {_metric_cell(g['test'])} | {_metric_cell(g['test_seen'])} | {_metric_cell(g['test_unseen'])} "
-                     f"| {_metric_cell(g['test'], 'fact_precision')} | {_metric_cell(g['test'], 'facts_per_response')} "
-                     f"| {_metric_cell(g.get('test_family'))} | {_metric_cell(g.get('test_family'), 'facts_per_response')} |")
-    first = summary["settings"][0]
-    lines += ["", f"Within-seed differences of the ANAH score from the {_values_cell(first['topics'])}-family "
-                  "setting (points; wins = seeds where more topics scored higher):", "",
-              "| Setting | " + " | ".join(GROUP_TITLES[g] for g in first["minus_fewest_topics"]) + " |",
-              "|---|" + "---:|" * len(first["minus_fewest_topics"])]
-    for row in summary["settings"][1:]:
-        d = row["minus_fewest_topics"]
-        lines.append(f"| {_values_cell(row['topics'])} − {_values_cell(first['topics'])} families "
-                     + "".join(f"| {_cell(d[g]['per_seed'])} ({d[g]['wins']}/{k}) " for g in d) + "|")
-    lines += ["", "train = fresh samples of all training questions (of every family); held-out = people never in "
-                  "preference training, split into those whose family the subset covered and the others; "
-                  "held-out families (rich world) = families none of whose members was in preference training. "
-                  "Paper, Table 4 (894 / 1,788 / 2,682 topics): ANAH 65.04 / 71.56 / 77.53. "
-                  "Per-seed details: seed-*/study-topics/scores.json."]
-    return "\n".join(lines) + "\n"
-
-
-def plot_study(summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.0, 3.6), dpi=120)
-    xs = [sum(r["topics"]) / len(r["topics"]) for r in summary["settings"]]
-    for group, style in (("train", "o-"), ("test", "s-"), ("test_unseen", "^--"), ("test_family", "d-.")):
-        points = [(x, r["groups"][group]["anah"]) for x, r in zip(xs, summary["settings"])
-                  if r["groups"][group] is not None]
-        if not points:
-            continue
-        line = ax.errorbar([p[0] for p in points], [p[1]["mean"] for p in points],
-                           yerr=[p[1]["spread"] for p in points], fmt=style, capsize=3,
-                           label=f"Mask-DPO, {GROUP_TITLES[group]}")
-        if group in summary["base"] and summary["base"][group] is not None:
-            ax.axhline(summary["base"][group]["anah"]["mean"], color=line[0].get_color(), linestyle=":",
-                       linewidth=1, label=f"base policy, {GROUP_TITLES[group]}")
-    pairs = sorted({p for r in summary["settings"] for p in r["pairs"]})
-    ax.set_xticks(xs, [f"{x:g}" for x in xs])
-    ax.set_xlabel(f"training topics (families); pairs per setting: {'/'.join(map(str, pairs))}")
-    ax.set_ylabel("ANAH score (sampled answers)")
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_title("Toy world: more topics vs more questions per topic")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def write_study_reports(settings: DemoSettings, per_seed: list[dict]) -> dict[str, Path]:
-    out = Path(settings.out)
-    summary = summarize_study(per_seed)
-    paths = {"markdown": out / f"{STUDY}.md", "json": out / f"{STUDY}.json", "png": out / f"{STUDY}.png"}
-    paths["markdown"].write_text(study_markdown(summary, settings), encoding="utf-8")
-    paths["json"].write_text(json.dumps({"format": FORMAT, "settings": settings_dict(settings),
-                                         "fractions": list(FRACTIONS), "summary": summary, "per_seed": per_seed},
-                                        indent=1, default=str) + "\n")
-    plot_study(summary, paths["png"])
-    return paths
-
-
 # ---------------------------------------------------------------- the mask ablation
-
-MASK_STUDY = "study-mask"
-MASK_FORMAT = "maskdpo/toyworld-study-mask@1"
-MASK_MODELS = ("base", "dpo", "mask-chosen", "mask-rejected", "maskdpo")  # table order: none → one side → both
-MASK_DIFFERENCES = (("maskdpo", "dpo"), ("mask-chosen", "dpo"), ("mask-rejected", "dpo"),
-                    ("maskdpo", "mask-chosen"), ("maskdpo", "mask-rejected"))
 
 
 def run_mask_study_seed(settings: DemoSettings, seed: int) -> dict:
@@ -372,30 +223,3 @@ def run_mask_study(settings: DemoSettings) -> dict[str, Path]:
     per_seed = [run_mask_study_seed(settings, seed)
                 for seed in range(settings.first_seed, settings.first_seed + settings.seeds)]
     return write_mask_study_reports(settings, per_seed)
-
-
-def mask_study_markdown(summary: dict, settings: DemoSettings) -> str:
-    k = len(summary["seeds"])
-    lines = [f"# Toy-world study: which side to mask ({settings.world} world, {k} seed{'s' if k > 1 else ''}"
-             f"{', quick' if settings.quick else ''})", "",
-             "The same pairs and base policy, preference-trained with the mask on neither side (DPO), the chosen "
-             "side only (its hallucinated sentences left out), the rejected side only (its correct sentences left "
-             "out) and both (Mask-DPO). ANAH score (% correct sentences, nofact counted correct) of sampled answers "
-             "(top-k 40, T 0.8)" + (", mean ± sample standard deviation over seeds." if k > 1 else "."), ""]
-    lines += metrics_table(summary, MASK_MODELS)
-    lines += ["", "Within-seed differences of the ANAH score (points; wins = seeds where the first is higher):", ""]
-    lines += differences_table(summary)
-    lines += ["", "The paper trains only both and none. Per-seed details: seed-*/study-mask/scores.json."]
-    return "\n".join(lines) + "\n"
-
-
-def write_mask_study_reports(settings: DemoSettings, per_seed: list[dict]) -> dict[str, Path]:
-    out = Path(settings.out)
-    summary = summarize(per_seed, MASK_MODELS, MASK_DIFFERENCES)
-    paths = {"markdown": out / f"{MASK_STUDY}.md", "json": out / f"{MASK_STUDY}.json",
-             "png": out / f"{MASK_STUDY}.png"}
-    paths["markdown"].write_text(mask_study_markdown(summary, settings), encoding="utf-8")
-    paths["json"].write_text(json.dumps({"format": MASK_FORMAT, "settings": settings_dict(settings),
-                                         "summary": summary, "per_seed": per_seed}, indent=1, default=str) + "\n")
-    plot_models(summary, MASK_MODELS, paths["png"], "Toy world: which side of the pair to mask")
-    return paths
