@@ -3,7 +3,7 @@
 from dataclasses import replace
 from pathlib import Path
 
-from maskdpo.evaluate import EndToEndSettings, ScoreSettings, _annotate_settings, _sample_settings, make_judge
+from maskdpo.evaluate import EndToEndSettings, ScoreSettings, annotate_settings, sample_settings, make_judge
 
 
 def test_eval_judge_gets_the_server_profile_retries_and_timeout(tmp_path):
@@ -18,8 +18,8 @@ def test_eval_judge_gets_the_server_profile_retries_and_timeout(tmp_path):
 def test_end_to_end_steps_pass_the_knobs_to_sampling_and_annotation(tmp_path):
     settings = EndToEndSettings(out=tmp_path, backend="openai", annotator_backend="openai", server_profile="extended",
                                 max_retries=2, timeout=5.0)
-    for stage in (_sample_settings(settings, Path("q"), Path("o"), "m"),
-                  _annotate_settings(settings, Path("s"), Path("q"), Path("o"))):
+    for stage in (sample_settings(settings, Path("q"), Path("o"), "m"),
+                  annotate_settings(settings, Path("s"), Path("q"), Path("o"))):
         options = stage.backend_options()
         assert (options["server_profile"], options["max_retries"], options["timeout"]) == ("extended", 2, 5.0)
 

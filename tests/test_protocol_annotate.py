@@ -343,11 +343,11 @@ def test_stage_records_the_effective_unparseable_rule(cache, tmp_path):
 
 
 def test_eval_run_passes_the_annotator_options():
-    from maskdpo.evaluate import EndToEndSettings, _annotate_settings
+    from maskdpo.evaluate import EndToEndSettings, annotate_settings
 
     settings = EndToEndSettings(out=Path("o"), annotator_prompts="maskdpo", annotator_splitter="maskdpo",
                                 annotator_unparseable="error")
-    a = _annotate_settings(settings, Path("s"), Path("q"), Path("a"))
+    a = annotate_settings(settings, Path("s"), Path("q"), Path("a"))
     assert (a.prompts, a.splitter, a.unparseable) == ("maskdpo", "maskdpo", "error")
     assert (AnnotateSettings().prompts, AnnotateSettings().splitter) == ("official", "anah-v2")
 
