@@ -7,7 +7,7 @@ Per seed, in ``OUT/seed-S/``, each step skipped when its output is complete
     base/                                        train_base_policy (the "instruct model")
     samples.jsonl                                run_sampling: n per training question, hf backend, top-k 40, T 0.8
     annotations.jsonl                            run_annotation: toyworld-oracle
-    pairs.jsonl                                  build_pairs: best vs worst per question
+    pairs.jsonl                                  run_pairs: best vs worst per question
     train/{maskdpo,dpo}/                         python -m xtuner.tools.train (mask both / none), pth_to_hf → hf/
     eval/{model}-{split}-*.jsonl                 fresh samples (n per question) of each model, annotated
     scores.json
@@ -228,18 +228,15 @@ def sample_and_annotate(model: Path, questions: Path, world_path: Path, folder: 
 
 
 def step_pairs(folder: Path, annotations: Path) -> tuple[Path, dict]:
-    from ..jsonl import load_jsonl, write_jsonl
-    from ..pairs import PairSettings, build_pairs
-    from ..records import Annotation
+    """The pairs stage with its default rule: ``pairs.jsonl`` (and its settings file), then ``pairs-stats.json``."""
+    from ..pairs import PairsRunSettings, run_pairs
 
     path, stats_path = folder / "pairs.jsonl", folder / "pairs-stats.json"
-    if not stats_path.exists():
-        records, _ = load_jsonl(annotations, Annotation.from_dict)
-        pairs, stats = build_pairs(records, PairSettings())
-        if not pairs:
+    if not stats_path.exists():  # written last: its presence marks the step done
+        summary = run_pairs(PairsRunSettings(annotations=annotations, out=path))
+        if not summary.written:
             raise RuntimeError(f"{annotations}: no usable pairs (every question's samples scored the same)")
-        write_jsonl(path, [p.to_dict() for p in pairs])
-        stats_path.write_text(json.dumps(stats.to_dict(), indent=1) + "\n")
+        stats_path.write_text(json.dumps(summary.stats.to_dict(), indent=1) + "\n")
     stats = json.loads(stats_path.read_text())
     say(f"pairs: {stats['kept']} of {stats['questions']} training questions")
     return path, stats
