@@ -104,3 +104,44 @@ def test_ref_cache_opens_the_tokenized_cache_and_a_folder_fingerprints_like_its_
     assert from_folder.fingerprint == from_pairs.fingerprint  # one cache serves training from either
     assert {k: v["digest"] for k, v in from_folder.entries.items()} == \
         {k: v["digest"] for k, v in from_pairs.entries.items()}
+
+
+def test_run_ref_cache_writes_the_cache_and_its_settings_file(env):
+    from maskdpo.xtuner.ref_cache import RefCacheSettings, run_ref_cache
+
+    out = env / "ref.jsonl"
+    summary = run_ref_cache(RefCacheSettings(config=CONFIG, out=out, batch_size=4),
+                            ["train_dataloader.dataset.mask=both"])
+    assert summary.line() == f"{out}: reference sums for 4 pairs (mask=both, max_length=512)"
+    recorded = json.loads((env / "ref.jsonl.settings.json").read_text())
+    assert recorded == {"config": CONFIG, "out": str(out), "batch_size": 4, "device": None, "dtype": None,
+                        "cfg_options": ["train_dataloader.dataset.mask=both"]}
+
+
+def test_run_ref_cache_refuses_bad_settings_before_loading(tmp_path):
+    from maskdpo.xtuner.ref_cache import RefCacheSettings, parse_cfg_options, run_ref_cache
+
+    with pytest.raises(FileNotFoundError, match="--config .*missing.py: no such config file"):
+        run_ref_cache(RefCacheSettings(config=tmp_path / "missing.py", out=tmp_path / "ref.jsonl"))
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="blocker"):
+        run_ref_cache(RefCacheSettings(config=CONFIG, out=blocker / "ref.jsonl"))
+    with pytest.raises(ValueError, match="--cfg-options: expected KEY=VALUE, got 'mask'"):
+        parse_cfg_options(["mask"])
+    assert parse_cfg_options(["a.b=1", "c=[1,2]"]) == {"a.b": 1, "c": [1, 2]}
+
+
+def test_ref_cache_command_with_a_missing_config_is_one_error_line(tmp_path):
+    from click.testing import CliRunner
+
+    from maskdpo.cli import main
+
+    missing = tmp_path / "missing.py"
+    result = CliRunner().invoke(main, ["ref-cache", "--config", str(missing), "--out", str(tmp_path / "ref.jsonl")])
+    assert result.exit_code == 2, result.output
+    assert f"Error: --config {missing}: no such config file" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "ref.jsonl").exists()
+    result = CliRunner().invoke(main, ["ref-cache", "--config", CONFIG, "--out", str(tmp_path / "ref.jsonl"),
+                                       "--cfg-options", "no-equals-sign"])
+    assert result.exit_code == 2 and "Error: --cfg-options: expected KEY=VALUE, got 'no-equals-sign'" in result.output

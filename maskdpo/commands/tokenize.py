@@ -109,11 +109,11 @@ def _from_config(config: Path, cfg_options: tuple[str, ...]):
     from mmengine.config import Config
     from xtuner.registry import BUILDER
 
-    from .ref_cache import _parse_cfg_options
+    from ..xtuner.ref_cache import parse_cfg_options
 
     cfg = Config.fromfile(str(config))
     if cfg_options:
-        cfg.merge_from_dict(_parse_cfg_options(cfg_options))
+        cfg.merge_from_dict(parse_cfg_options(cfg_options))
     data = cfg.train_dataloader.dataset
     for key in ("data_files", "tokenizer", "max_length"):
         if key not in data:

@@ -16,6 +16,9 @@ A cache that does not match is an error, never a silent recompute: the
 reference is checked when the model is built, and every pair of every batch
 is checked by id and by ``digest`` (a hash of its token ids and labels, so a
 different tokenizer, template, ``max_length``, mask mode or data changes it).
+
+The stage (:func:`run_ref_cache`, ``maskdpo ref-cache``) writes the cache and,
+next to it, the settings it was made with (:func:`maskdpo.stage.settings_path`).
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional
 
 from ..jsonl import JsonlAppender, RecordError, iter_jsonl
+from ..settings import knob
 
 FORMAT = "maskdpo/ref-cache@1"
 HEADER_KEY = "__header__"
@@ -233,3 +238,63 @@ def compute_ref_cache(config: str | os.PathLike, out: str | os.PathLike, cfg_opt
                                   "chosen_tokens": int(counts[2 * i]), "rejected_tokens": int(counts[2 * i + 1])})
                 bar.update(len(items))
     return RefCache.load(out)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+@dataclass
+class RefCacheSettings:
+    config: Path = field(metadata={"help": "XTuner config of the training run (xtuner_configs/...): its reference, "
+                                           "pairs, tokenizer, max_length and mask are used."})
+    out: Path = field(metadata={"help": "Cache file to write (JSONL). An existing file with the same fingerprint "
+                                        "is completed (resume); one with another fingerprint is an error."})
+    batch_size: int = knob(8, "Pairs per reference forward.")
+    device: Optional[str] = knob(None, "Device for the reference (default: cuda when available, else cpu).")
+    dtype: Optional[Literal["bfloat16", "float16", "float32"]] = knob(
+        None, "Run the reference in this dtype (default: the config's); use the dtype training runs in.")
+
+
+def parse_cfg_options(values: tuple[str, ...] | list[str]) -> dict:
+    """``KEY=VALUE`` overrides of a config, parsed as ``xtuner train --cfg-options`` parses them."""
+    from mmengine.config import DictAction
+
+    options: dict = {}
+    for value in values:
+        if "=" not in value:
+            raise ValueError(f"--cfg-options: expected KEY=VALUE, got {value!r}")
+        key, raw = value.split("=", 1)
+        options[key] = DictAction._parse_iterable(raw)
+    return options
+
+
+@dataclass
+class RefCacheSummary:
+    out: Path
+    pairs: int  # pairs in the cache (computed now or found there)
+    mask: str
+    max_length: int
+
+    def line(self) -> str:
+        return f"{self.out}: reference sums for {self.pairs} pairs (mask={self.mask}, max_length={self.max_length})"
+
+
+def run_ref_cache(settings: RefCacheSettings, cfg_options: tuple[str, ...] | list[str] = ()) -> RefCacheSummary:
+    """Compute (or complete) the reference cache of ``settings.config`` and record its settings next to it.
+
+    The config must exist and the cache and its settings file be writable
+    before anything loads; ``cfg_options`` are ``KEY=VALUE`` overrides, recorded
+    as given.
+    """
+    from ..settings import write_settings
+    from ..stage import check_outputs, settings_path
+
+    config = Path(settings.config)
+    if not config.is_file():
+        raise FileNotFoundError(f"--config {config}: no such config file")
+    check_outputs(settings.out)
+    cache = compute_ref_cache(config, settings.out, cfg_options=parse_cfg_options(cfg_options),
+                              batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype)
+    write_settings(settings_path(settings.out), settings, cfg_options=list(cfg_options))
+    return RefCacheSummary(Path(settings.out), len(cache.entries), cache.fingerprint["mask"],
+                           cache.fingerprint["max_length"])
