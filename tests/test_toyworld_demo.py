@@ -109,3 +109,18 @@ def test_rerun_resumes_without_redoing_any_step(quick_demo):
     assert "training the base policy" not in proc.stdout
     assert json.loads((out / "report.json").read_text())["per_seed"] == before
     assert time.perf_counter() - start < first_seconds / 2
+
+
+def test_quick_demo_writes_the_same_files_with_the_same_fields(quick_demo):
+    """Which files the demo writes and the fields of their records, against a quick demo recorded before
+    the stage refactor (tests/data/unchanged/demo_shape.json; numbers depend on the CPU, shapes do not)."""
+    from .test_unchanged import GOLDEN, demo_shape
+
+    golden = json.loads((GOLDEN / "demo_shape.json").read_text(encoding="utf-8"))
+    # Meant since then: the demo builds its pairs through the pairs stage, which records its settings.
+    added = {"seed-0/pairs.jsonl.settings.json"}
+    now = demo_shape(quick_demo[0])
+    assert set(now) - set(golden) == added
+    assert set(golden) - set(now) == set()
+    for path, shape in golden.items():
+        assert now[path] == shape, f"{path}: its records' fields changed"
