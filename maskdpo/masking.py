@@ -340,10 +340,16 @@ def _truncate(ids: list[int], labels: list[int], prompt_tokens: int, max_length:
     return MaskedSequence(ids, labels, False, prompt_tokens, content_tokens)
 
 
-def _require_fast(tokenizer: Any) -> None:
+class NotAFastTokenizer(TypeError, ValueError):
+    """A tokenizer without an offset mapping: exact alignment is impossible. A TypeError (the object is of
+    the wrong kind) and a ValueError (bad input, reported by the commands as one ``Error:`` line)."""
+
+
+def check_chat_tokenizer(tokenizer: Any) -> None:
+    """The tokenizer can be aligned exactly (a fast one: offset mapping) and renders chats (a chat template)."""
     if not getattr(tokenizer, "is_fast", False):
-        raise TypeError(f"{type(tokenizer).__name__} is not a fast tokenizer: exact alignment needs the offset "
-                        f"mapping (load it with AutoTokenizer.from_pretrained(..., use_fast=True))")
+        raise NotAFastTokenizer(f"{type(tokenizer).__name__} is not a fast tokenizer: exact alignment needs the "
+                                f"offset mapping (load it with AutoTokenizer.from_pretrained(..., use_fast=True))")
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template")
 
@@ -352,7 +358,7 @@ def encode_pairs(tokenizer: Any, pairs: Iterable[Pair], *, max_length: int | Non
                  mask: str = "both", batch_size: int = 256) -> list[MaskedPair]:
     """:func:`encode_pair` for many pairs: one template call and one tokenizer call per ``batch_size`` pairs."""
     check_mask_mode(mask)
-    _require_fast(tokenizer)
+    check_chat_tokenizer(tokenizer)
     if max_length is not None and max_length <= 0:
         raise ValueError(f"max_length must be positive, got {max_length}")
     out: list[MaskedPair] = []

@@ -258,6 +258,32 @@ def test_tokenize_command_builds_ahead_and_says_what_it_holds(tmp_path, tiny_lla
     assert f"tokenized cache: {folder}" in result.output and "max_length: 512" in result.output
 
 
+def test_tokenize_command_refuses_a_slow_tokenizer_and_a_bad_config_in_one_line(tmp_path, tiny_llama_dir,
+                                                                              monkeypatch):
+    from click.testing import CliRunner
+    from transformers import AutoTokenizer
+
+    from maskdpo.cli import main
+
+    path = write_pairs(tmp_path / "p.jsonl")
+    class SlowTokenizer:  # what a tokenizer without an offset mapping looks like to the checks
+        is_fast = False
+
+    slow = SlowTokenizer()
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *args, **kwargs: slow)
+    result = CliRunner().invoke(main, ["tokenize", "--pairs", str(path), "--tokenizer", str(tiny_llama_dir),
+                                       "--max-length", "512", "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 2, result.output
+    assert f"Error: {type(slow).__name__} is not a fast tokenizer" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "cache").exists()
+    config = tmp_path / "not_maskdpo.py"
+    config.write_text("train_dataloader = dict(dataset=dict(tokenizer=None, max_length=8))\n")
+    result = CliRunner().invoke(main, ["tokenize", "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert f"Error: {config}: train_dataloader.dataset has no 'data_files': is it build_maskdpo_dataset?" \
+        in result.output
+
+
 def _rank(rank, world, port, pairs, tokenizer_dir, cache, out):
     import torch.distributed as dist
     from transformers import AutoTokenizer

@@ -1,4 +1,7 @@
-"""``maskdpo tokenize``: tokenize pair files once into the memory-mapped cache training reads."""
+"""``maskdpo tokenize``: tokenize pair files once into the memory-mapped cache training reads.
+
+The options and the printing; the cache (:func:`maskdpo.xtuner.dataset.prepare_tokenized`), a config's
+training data and the description of a cache live in :mod:`maskdpo.xtuner.dataset`."""
 
 from __future__ import annotations
 
@@ -8,30 +11,6 @@ import click
 
 from ..masking import MASK_MODES
 from . import reports_errors
-
-
-def describe(store, masks: list[str], drop_truncated: bool = False, skip_invalid: bool = False,
-             files: list[str] | None = None) -> list[str]:
-    """Lines saying where a tokenized cache is and what it holds (per mask mode: kept / truncated / rejected).
-    A bad record or pair is an error naming file and line, as in training, unless ``skip_invalid``."""
-    import pyarrow.compute as pc
-
-    from ..xtuner.dataset import select_rows
-
-    m = store.manifest
-    lines = [f"tokenized cache: {Path(store.folder).absolute()}",
-             f"  sources: " + ", ".join(f"{s['path']} (sha256 {s['sha256'][:12]}, {s['bytes']:,} bytes)"
-                                        for s in m["sources"]),
-             f"  tokenizer: {m['tokenizer']['name']} (vocab {m['tokenizer']['vocab']}, digest {m['tokenizer']['digest']})",
-             f"  max_length: {m['max_length']}   lines: {m['rows']:,}   size on disk: {store.size_bytes() / 2**20:.1f} MiB"]
-    for mask in masks:
-        table = store.table(mask)
-        _, report = select_rows(table, files or store.files, m["max_length"], drop_truncated, skip_invalid)
-        data = table.data
-        tokens = int(pc.sum(pc.list_value_length(data.column("chosen_ids"))).as_py() or 0) + \
-            int(pc.sum(pc.list_value_length(data.column("rejected_ids"))).as_py() or 0)
-        lines.append(f"  mask={mask}: {report.summary()}; {tokens:,} tokens stored")
-    return lines
 
 
 @click.command("tokenize")
@@ -65,7 +44,7 @@ def tokenize(config, cfg_options, pairs, tokenizer, max_length, masks, num_proc,
     data_files) at the printed folder to train from it directly.
     """
     from ..validate import EmptyInput
-    from ..xtuner.dataset import prepare_tokenized
+    from ..xtuner.dataset import describe_tokenized, prepare_tokenized, training_data_from_config
 
     if bool(config) == bool(pairs):
         raise click.UsageError("give --config or --pairs (with --tokenizer and --max-length)")
@@ -73,11 +52,12 @@ def tokenize(config, cfg_options, pairs, tokenizer, max_length, masks, num_proc,
         raise click.BadParameter(f"must be at least 1, got {num_proc}", param_hint="--num-proc")
     drop_truncated = False
     if config:
-        data_files, tok, max_length, config_mask, drop_truncated, config_skip, config_cache = _from_config(
-            config, cfg_options)
-        masks = list(masks) or [config_mask]
-        skip_invalid = skip_invalid or config_skip
-        cache_dir = cache_dir or config_cache
+        data = training_data_from_config(config, cfg_options)
+        data_files, tok, max_length, drop_truncated = data.data_files, data.tokenizer, data.max_length, \
+            data.drop_truncated
+        masks = list(masks) or [data.mask]
+        skip_invalid = skip_invalid or data.skip_invalid
+        cache_dir = cache_dir or data.cache_dir
     else:
         if not tokenizer or not max_length:
             raise click.UsageError("--pairs needs --tokenizer and --max-length")
@@ -91,33 +71,13 @@ def tokenize(config, cfg_options, pairs, tokenizer, max_length, masks, num_proc,
         try:
             store = prepare_tokenized(data_files, tok, max_length, mask, cache_dir=cache_dir, num_proc=num_proc,
                                       allow_empty=allow_empty)
-        except TypeError as exc:  # a slow tokenizer: no offsets, no exact alignment
-            raise click.ClickException(str(exc)) from None
         except EmptyInput as exc:
             if not allow_empty:
                 raise
             click.echo(f"{exc} (--allow-empty): no cache written")
             return
     folder = Path(store.folder).absolute()
-    for line in describe(store, list(dict.fromkeys(masks)), drop_truncated, skip_invalid,
-                         None if config else data_files):
+    for line in describe_tokenized(store, list(dict.fromkeys(masks)), drop_truncated, skip_invalid,
+                                   None if config else data_files):
         click.echo(line)
     click.echo(f"train from it: MASKDPO_PAIRS={folder} (or data_files='{folder}' in the config)")
-
-
-def _from_config(config: Path, cfg_options: tuple[str, ...]):
-    from mmengine.config import Config
-    from xtuner.registry import BUILDER
-
-    from ..xtuner.ref_cache import parse_cfg_options
-
-    cfg = Config.fromfile(str(config))
-    if cfg_options:
-        cfg.merge_from_dict(parse_cfg_options(cfg_options))
-    data = cfg.train_dataloader.dataset
-    for key in ("data_files", "tokenizer", "max_length"):
-        if key not in data:
-            raise click.ClickException(f"{config}: train_dataloader.dataset has no {key!r}: is it build_maskdpo_dataset?")
-    tok = BUILDER.build(data["tokenizer"]) if isinstance(data["tokenizer"], dict) else data["tokenizer"]
-    return (data["data_files"], tok, data["max_length"], data.get("mask", "both"), data.get("drop_truncated", False),
-            data.get("skip_invalid", False), data.get("cache_dir"))

@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..jsonl import ReadStats, RecordError, iter_jsonl
-from ..masking import AlignmentError, check_mask_mode
+from ..masking import AlignmentError, NotAFastTokenizer, check_chat_tokenizer, check_mask_mode
 from ..records import Pair, parse_pair
 
 ENCODE_BATCH = 256  # pairs per tokenizer call
@@ -257,8 +257,8 @@ def tokenizer_identity(tokenizer: Any) -> dict:
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise TypeError(f"{type(tokenizer).__name__} is not a fast tokenizer: the tokenized cache and the exact "
-                        f"alignment need one (AutoTokenizer.from_pretrained(..., use_fast=True))")
+        raise NotAFastTokenizer(f"{type(tokenizer).__name__} is not a fast tokenizer: the tokenized cache and the "
+                                f"exact alignment need one (AutoTokenizer.from_pretrained(..., use_fast=True))")
     content = {
         "class": type(tokenizer).__name__,
         "backend": hashlib.sha256(backend.to_str().encode()).hexdigest(),
@@ -620,9 +620,7 @@ def prepare_tokenized(data_files, tokenizer: Any, max_length: int, mask: str = "
     for path in files:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such pair file")
-    from ..masking import _require_fast
-
-    _require_fast(tokenizer)
+    check_chat_tokenizer(tokenizer)
     digests = [file_sha256(p) for p in files]
     tok = tokenizer_identity(tokenizer)
     root = Path(cache_dir) if cache_dir else default_cache_root()
@@ -988,3 +986,62 @@ def maskdpo_collate_fn(instances: Sequence[dict], pad_index: int = 0, return_hf_
     batch["data_samples"]["pair_ids"] = ids
     batch["data_samples"]["pair_digests"] = digests
     return batch
+
+
+# ---------------------------------------------------------------- maskdpo tokenize
+
+
+@dataclass
+class TrainingData:
+    """What a config's ``train_dataset`` (``build_maskdpo_dataset``) tokenizes, and how."""
+
+    data_files: Any  # a path, a list of paths or a tokenized cache folder, as the config gives it
+    tokenizer: Any  # built
+    max_length: int
+    mask: str = "both"
+    drop_truncated: bool = False
+    skip_invalid: bool = False
+    cache_dir: str | None = None
+
+
+def training_data_from_config(config: str | os.PathLike, cfg_options: Sequence[str] = ()) -> TrainingData:
+    """The training data of an XTuner config (``cfg_options``: ``KEY=VALUE`` overrides), its tokenizer built."""
+    from mmengine.config import Config
+    from xtuner.registry import BUILDER
+
+    from .ref_cache import parse_cfg_options
+
+    cfg = Config.fromfile(str(config))
+    if cfg_options:
+        cfg.merge_from_dict(parse_cfg_options(cfg_options))
+    data = cfg.train_dataloader.dataset
+    for key in ("data_files", "tokenizer", "max_length"):
+        if key not in data:
+            raise ValueError(f"{config}: train_dataloader.dataset has no {key!r}: is it build_maskdpo_dataset?")
+    tok = BUILDER.build(data["tokenizer"]) if isinstance(data["tokenizer"], dict) else data["tokenizer"]
+    return TrainingData(data["data_files"], tok, data["max_length"], data.get("mask", "both"),
+                        data.get("drop_truncated", False), data.get("skip_invalid", False), data.get("cache_dir"))
+
+
+def describe_tokenized(store: TokenizedPairs, masks: list[str], drop_truncated: bool = False,
+                       skip_invalid: bool = False, files: list[str] | None = None) -> list[str]:
+    """Lines saying where a tokenized cache is and what it holds (per mask mode: kept / truncated / rejected,
+    tokens stored). The rows are chosen as training chooses them (:func:`select_rows`): a bad record or
+    pair is an error naming file and line unless ``skip_invalid``; ``files`` name them (default: the
+    cache's sources)."""
+    import pyarrow.compute as pc
+
+    m = store.manifest
+    lines = [f"tokenized cache: {Path(store.folder).absolute()}",
+             "  sources: " + ", ".join(f"{s['path']} (sha256 {s['sha256'][:12]}, {s['bytes']:,} bytes)"
+                                       for s in m["sources"]),
+             f"  tokenizer: {m['tokenizer']['name']} (vocab {m['tokenizer']['vocab']}, digest {m['tokenizer']['digest']})",
+             f"  max_length: {m['max_length']}   lines: {m['rows']:,}   size on disk: {store.size_bytes() / 2**20:.1f} MiB"]
+    for mask in masks:
+        table = store.table(mask)
+        _, report = select_rows(table, files or store.files, m["max_length"], drop_truncated, skip_invalid)
+        data = table.data
+        tokens = int(pc.sum(pc.list_value_length(data.column("chosen_ids"))).as_py() or 0) + \
+            int(pc.sum(pc.list_value_length(data.column("rejected_ids"))).as_py() or 0)
+        lines.append(f"  mask={mask}: {report.summary()}; {tokens:,} tokens stored")
+    return lines
