@@ -15,7 +15,7 @@ from maskdpo.xtuner.dataset import (
     PackedPairDataset,
     TokenizedPairs,
     build_maskdpo_dataset,
-    encode_pairs,
+    encode_training_items,
     line_index,
     prepare_tokenized,
     read_pairs,
@@ -78,8 +78,8 @@ def in_memory(path, tokenizer, max_length, mask, drop_truncated):
     """The builder as it was before the cache: read every pair, tokenize in one process, keep lists."""
     report = BuildReport()
     pairs = read_pairs(str(path), skip_invalid=True, report=report)
-    items = encode_pairs(pairs, tokenizer, max_length, mask=mask, drop_truncated=drop_truncated, skip_invalid=True,
-                         report=report)
+    items = encode_training_items(pairs, tokenizer, max_length, mask=mask, drop_truncated=drop_truncated,
+                                  skip_invalid=True, report=report)
     return items, report
 
 

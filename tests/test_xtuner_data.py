@@ -8,7 +8,7 @@ from maskdpo.jsonl import RecordError
 from maskdpo.xtuner.dataset import (
     BuildReport,
     build_maskdpo_dataset,
-    encode_pairs,
+    encode_training_items,
     maskdpo_collate_fn,
     read_pairs,
 )
@@ -111,15 +111,15 @@ def test_counts_kept_truncated_rejected(tmp_path, tokenizer):
     records[3]["rejected_item"]["type"] = ["no_hallucination", "no_hallucination"]
     pairs = read_pairs(str(write_pairs(tmp_path / "p.jsonl", records=records)))
     with pytest.raises(ValueError, match=r"p\.jsonl:4: pair 'pair-3': no chosen sentence is kept by the loss"):
-        encode_pairs(pairs, tokenizer, max_length=40, mask="both")
+        encode_training_items(pairs, tokenizer, max_length=40, mask="both")
     report = BuildReport()
-    items = encode_pairs(pairs, tokenizer, max_length=40, mask="both", skip_invalid=True, report=report)
+    items = encode_training_items(pairs, tokenizer, max_length=40, mask="both", skip_invalid=True, report=report)
     assert report.read == 4 and report.kept == 3 and len(items) == 3
     assert report.truncated == 3  # every pair is longer than 40 tokens
     assert report.rejected == {"unusable pair": 1}
     assert "p.jsonl:4" in report.summary() and "carries no signal" in report.summary()
     dropped = BuildReport()
-    assert encode_pairs(pairs, tokenizer, max_length=40, drop_truncated=True, report=dropped) == []
+    assert encode_training_items(pairs, tokenizer, max_length=40, drop_truncated=True, report=dropped) == []
     assert dropped.rejected == {"longer than max_length 40": 4}  # checked before the signal rule
 
 
@@ -141,7 +141,8 @@ def test_unlocatable_sentence_is_an_error_naming_the_pair(tmp_path, tokenizer):
     with pytest.raises(ValueError, match=r"authors\.jsonl:3: pair 'sha1:"):
         build_maskdpo_dataset(str(path), tokenizer, max_length=512)
     report = BuildReport()
-    items = encode_pairs(read_pairs(str(path)), tokenizer, max_length=512, skip_invalid=True, report=report)
+    items = encode_training_items(read_pairs(str(path)), tokenizer, max_length=512, skip_invalid=True,
+                                  report=report)
     assert len(items) == 3 and report.rejected["invalid pair"] == 1
 
 

@@ -5,7 +5,7 @@ For each size (default 2k, 10k, 50k synthetic pairs of 8-12 sentences a side,
 builder runs in a fresh process (``--child``) while this process samples the
 memory of that process and all its workers:
 
-- ``in-memory``: the builder before the cache (``read_pairs`` + ``encode_pairs``
+- ``in-memory``: the builder before the cache (``read_pairs`` + ``encode_training_items``
   into Python lists, one process); what rank 0 sent every other rank is the
   pickle of those lists;
 - ``cache, num_proc=N`` cold: ``prepare_tokenized`` (``datasets.map`` into
@@ -129,7 +129,8 @@ def child(args: dict) -> None:
 
     from transformers import AutoTokenizer
 
-    from maskdpo.xtuner.dataset import BuildReport, encode_pairs, open_pair_dataset, prepare_tokenized, read_pairs
+    from maskdpo.xtuner.dataset import (BuildReport, encode_training_items, open_pair_dataset, prepare_tokenized,
+                                        read_pairs)
 
     tok = AutoTokenizer.from_pretrained(args["tokenizer"])
     # Warm up on a few pairs (lazy imports, the compiled template, first allocations), so the baseline
@@ -138,13 +139,14 @@ def child(args: dict) -> None:
         few = Path(warm) / "pairs.jsonl"
         with open(args["pairs"], encoding="utf-8") as handle, few.open("w", encoding="utf-8") as out:
             out.writelines(line for _, line in zip(range(20), handle))
-        encode_pairs(read_pairs(str(few)), tok, args["max_length"])
+        encode_training_items(read_pairs(str(few)), tok, args["max_length"])
         pickle.dumps(open_pair_dataset(prepare_tokenized(str(few), tok, args["max_length"], cache_dir=warm), "both"))
     baseline = tree_pss_mb(os.getpid())
     t0, c0, reaped0 = time.perf_counter(), time.process_time(), _reaped_cpu()
     if args["builder"] == "in-memory":
         report = BuildReport()
-        items = encode_pairs(read_pairs(args["pairs"], report=report), tok, args["max_length"], report=report)
+        items = encode_training_items(read_pairs(args["pairs"], report=report), tok, args["max_length"],
+                                      report=report)
         sent = len(pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL))  # the old builder broadcast the lists
         kept, cache_mb, tokenized = len(items), 0.0, True
     else:

@@ -85,11 +85,13 @@ def synthetic_pairs(count: int, seed: int = 0):
 
 def naive_side(tokenizer, prompt, response, item, side) -> tuple[list[int], bool]:
     """Labels the way the authors' code builds them: per-sentence lengths added from the prompt's end."""
+    from maskdpo.masking import IGNORE_INDEX
+
     prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     full_text = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}], tokenize=False)
     prompt_ids = tokenizer.encode(prompt_text, add_special_tokens=False)
     ids = tokenizer.encode(full_text, add_special_tokens=False)
-    labels = [-100] * len(prompt_ids) + ids[len(prompt_ids):]
+    labels = [IGNORE_INDEX] * len(prompt_ids) + ids[len(prompt_ids):]
     masked_type = "hallucination" if side == "chosen" else "no_hallucination"
     cursor = len(prompt_ids)
     masked = list(labels)
@@ -97,7 +99,7 @@ def naive_side(tokenizer, prompt, response, item, side) -> tuple[list[int], bool
         n = len(tokenizer.encode(sent, add_special_tokens=False))
         if typ == masked_type:
             for t in range(cursor, min(cursor + n, len(masked))):
-                masked[t] = -100
+                masked[t] = IGNORE_INDEX
         cursor += n
     if cursor > len(ids):  # lengths overran the response: the authors' code trains this pair unmasked
         return labels, True
@@ -109,7 +111,7 @@ def wrong_sentence_tokens(tokenizer, pair, side: str, labels: list[int]) -> int:
 
     Independent of how separators are assigned, so it counts real mis-masking.
     """
-    from maskdpo.masking import keep_flags, render_response
+    from maskdpo.masking import IGNORE_INDEX, keep_flags, render_response
 
     item = getattr(pair, f"{side}_item")
     rendered = render_response(tokenizer, pair.prompt, getattr(pair, side), pair.id)
@@ -120,7 +122,7 @@ def wrong_sentence_tokens(tokenizer, pair, side: str, labels: list[int]) -> int:
     for t, (s, e) in enumerate(offsets):
         while i < len(spans) and spans[i][1] <= s:
             i += 1
-        if i < len(spans) and spans[i][0] <= s and e <= spans[i][1] and (labels[t] != -100) != keep[i]:
+        if i < len(spans) and spans[i][0] <= s and e <= spans[i][1] and (labels[t] != IGNORE_INDEX) != keep[i]:
             wrong += 1
     return wrong
 

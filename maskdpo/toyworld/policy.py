@@ -18,6 +18,7 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..masking import IGNORE_INDEX
 from .rich import RichWorld
 from .world import World, training_corpus
 
@@ -43,7 +44,7 @@ def _encode(tokenizer, prompt: list[dict], answer: str) -> tuple[list[int], list
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     ids = tokenizer(full_text, add_special_tokens=False)["input_ids"]
     assert ids[: len(prompt_ids)] == prompt_ids, "the chat template must extend the prompt"
-    return ids, [-100] * len(prompt_ids) + ids[len(prompt_ids):]
+    return ids, [IGNORE_INDEX] * len(prompt_ids) + ids[len(prompt_ids):]
 
 
 def train_base_policy(world: World | RichWorld, out_dir: str | os.PathLike, settings: PolicySettings = PolicySettings(),
@@ -87,7 +88,7 @@ def train_base_policy(world: World | RichWorld, out_dir: str | os.PathLike, sett
             batch = [examples[i] for i in order[b * settings.batch_size:(b + 1) * settings.batch_size]]
             width = max(len(ids) for ids, _ in batch)
             ids = torch.full((len(batch), width), tokenizer.pad_token_id)
-            labels = torch.full((len(batch), width), -100)
+            labels = torch.full((len(batch), width), IGNORE_INDEX)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             for r, (x, y) in enumerate(batch):  # right padding: training only
                 ids[r, :len(x)], labels[r, :len(y)], mask[r, :len(x)] = torch.tensor(x), torch.tensor(y), 1

@@ -122,10 +122,10 @@ def pair_problem(pair: Pair, masked: Any, mask: str) -> str | None:
 def _encode_chunk(chunk: list[tuple[str, Pair]], tokenizer: Any, max_length: int, mask: str) -> list:
     """``(MaskedPair, None)`` or ``(None, message)`` per ``(where, pair)``: one tokenizer call for the chunk;
     a chunk with a bad pair is redone pair by pair to name it."""
-    from ..masking import encode_pair, encode_pairs as encode_many
+    from ..masking import encode_pair, encode_pairs
 
     try:
-        return [(e, None) for e in encode_many(tokenizer, [p for _, p in chunk], max_length=max_length, mask=mask)]
+        return [(e, None) for e in encode_pairs(tokenizer, [p for _, p in chunk], max_length=max_length, mask=mask)]
     except ValueError:
         pass
     out = []
@@ -138,7 +138,7 @@ def _encode_chunk(chunk: list[tuple[str, Pair]], tokenizer: Any, max_length: int
     return out
 
 
-def encode_pairs(
+def encode_training_items(
     pairs: Iterable[tuple[str, Pair]],
     tokenizer: Any,
     max_length: int,
@@ -692,7 +692,7 @@ def _line_table(files: list[str]):
 
 def select_rows(table, files: list[str], max_length: int, drop_truncated: bool, skip_invalid: bool):
     """``(row indices to train on, BuildReport)`` from a cache table's status columns, with the same
-    rules, order of checks and messages as :func:`encode_pairs`; an error is raised unless ``skip_invalid``."""
+    rules, order of checks and messages as :func:`encode_training_items`; an error is raised unless ``skip_invalid``."""
     import numpy as np
     import pyarrow.compute as pc
 

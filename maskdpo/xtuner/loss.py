@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from ..masking import IGNORE_INDEX  # -100, the one spelling (the data writes it)
 LOSS_TYPES = ("sigmoid", "robust", "hinge", "ipo", "kto_pair", "sppo_hard", "nca_pair")
 DEFAULT_CHUNK_SIZE = 256  # rows of [chunk, V] fp32 at a time: 256 x 128k x 4 B = 128 MiB
 

@@ -29,7 +29,8 @@ import torch
 from xtuner.model.dpo import DPO, create_reference_model, disable_grad
 from xtuner.model.sft import SupervisedFinetune
 
-from .loss import DEFAULT_CHUNK_SIZE, IGNORE_INDEX, check_loss_type, label_logps, mask_dpo_loss, shift_labels
+from ..masking import IGNORE_INDEX
+from .loss import DEFAULT_CHUNK_SIZE, check_loss_type, label_logps, mask_dpo_loss, shift_labels
 from .ref_cache import RefCache, reference_fingerprint
 
 REF_PREFIX = "ref_llm."
