@@ -106,6 +106,7 @@ def make_items(n_pairs: int, seq: int, vocab: int, seed: int = 0) -> list[dict]:
     """Preference items with a 25% prompt and a third of each response masked (as Mask-DPO data looks)."""
     import random
 
+    from maskdpo.masking import IGNORE_INDEX
     from maskdpo.xtuner.dataset import item_digest
 
     rng = random.Random(seed)
@@ -114,7 +115,7 @@ def make_items(n_pairs: int, seq: int, vocab: int, seed: int = 0) -> list[dict]:
         item = {}
         for side in ("chosen", "rejected"):
             ids = [rng.randrange(1, vocab) for _ in range(seq)]
-            labels = [-100 if (t < seq // 4 or (seq // 2 <= t < seq // 2 + seq // 6)) else i for t, i in enumerate(ids)]
+            labels = [IGNORE_INDEX if (t < seq // 4 or (seq // 2 <= t < seq // 2 + seq // 6)) else i for t, i in enumerate(ids)]
             item[f"{side}_ids"], item[f"{side}_labels"] = ids, labels
         item["pair_id"], item["pair_digest"] = f"bench-{k}", item_digest(item)
         items.append(item)
@@ -223,13 +224,14 @@ def memory_of_variant(args, model_dir: Path, cache: Path, items: list[dict], var
 def memory_of_loss_stage(args, vocab: int, method: str) -> dict:
     import torch
 
+    from maskdpo.masking import IGNORE_INDEX
     from maskdpo.xtuner.loss import label_logps, naive_label_logps
 
     g = torch.Generator().manual_seed(0)
     rows = args.loss_rows
     logits = torch.randn(1, rows, vocab, generator=g, dtype=torch.float32).to(args.device).requires_grad_()
     labels = torch.randint(0, vocab, (1, rows), generator=g).to(args.device)
-    labels[:, : rows // 4] = -100
+    labels[:, : rows // 4] = IGNORE_INDEX
     fn = label_logps if method == "label_only" else naive_label_logps
     with PeakMemory(args.device) as forward:
         out = fn(logits, labels).sum()
