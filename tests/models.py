@@ -32,7 +32,12 @@ def cache_root() -> Path:
 
 
 def _build_once(name: str, build) -> Path:
-    target = cache_root() / f"{name}-v{CACHE_VERSION}"
+    # One entry per transformers major version: files saved by transformers 5 (tokenizer class
+    # "TokenizersBackend") do not load in 4.x, and both environments share this cache.
+    import transformers
+
+    major = transformers.__version__.split(".")[0]
+    target = cache_root() / f"{name}-v{CACHE_VERSION}-tf{major}"
     if (target / ".complete").exists():
         return target
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache_root()))
