@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..records import Question
+from .world import PeopleLookups
 
 FORMAT = "maskdpo/toyworld-rich@1"
 SPLITS = ("train", "test", "test_family")
@@ -190,7 +191,7 @@ def accuracy(fame: float, attribute: str) -> float:
     return fame ** ATTRIBUTE[attribute].difficulty
 
 
-class RichWorld:
+class RichWorld(PeopleLookups):
     """Regions, families, people, questions; the same lookups as :class:`maskdpo.toyworld.world.World`."""
 
     kind = "rich"
@@ -204,24 +205,7 @@ class RichWorld:
                  people: list[RichPerson]):
         self.settings, self.regions, self.families, self.people = settings, regions, families, people
         self.questions = render_questions(people, settings)
-        self._by_id = {p.id: p for p in people}
-        self._by_name = {p.name: p for p in people}
-        if len(self._by_name) != len(people):
-            raise ValueError("person names must be unique")
-
-    def person(self, person_id: str) -> RichPerson:
-        return self._by_id[person_id]
-
-    def person_by_name(self, name: str) -> RichPerson | None:
-        return self._by_name.get(name)
-
-    def person_for_question(self, question_id: str) -> RichPerson:
-        from .world import question_person_id
-
-        return self._by_id[question_person_id(question_id)]
-
-    def questions_for(self, split: str) -> list[Question]:
-        return [q for q in self.questions if q.split == split]
+        self.index_people()
 
     def training_answer(self, person: RichPerson, rng: random.Random) -> str:
         return training_answer(person, rng, self.settings)

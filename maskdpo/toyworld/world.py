@@ -123,8 +123,33 @@ class Family:
     typical: dict[str, str]  # attribute -> the family's typical value ("born": the era's first year)
 
 
+class PeopleLookups:
+    """The lookups both worlds offer over their ``people`` and ``questions`` (by id, name, question, split)."""
+
+    people: list
+    questions: list[Question]
+
+    def index_people(self) -> None:
+        self.people_by_id = {p.id: p for p in self.people}
+        self.people_by_name = {p.name: p for p in self.people}
+        if len(self.people_by_name) != len(self.people):
+            raise ValueError("person names must be unique")
+
+    def person(self, person_id: str):
+        return self.people_by_id[person_id]
+
+    def person_by_name(self, name: str):
+        return self.people_by_name.get(name)
+
+    def person_for_question(self, question_id: str):
+        return self.people_by_id[question_person_id(question_id)]
+
+    def questions_for(self, split: str) -> list[Question]:
+        return [q for q in self.questions if q.split == split]
+
+
 @dataclass
-class World:
+class World(PeopleLookups):
     settings: WorldSettings
     families: list[Family]
     people: list[Person]
@@ -140,24 +165,8 @@ class World:
     def training_answer(self, person: Person, rng: random.Random) -> str:
         return training_answer(person, rng)
 
-    # ------------------------------------------------------------ lookups
-    def person(self, person_id: str) -> Person:
-        return self._by_id[person_id]
-
-    def person_by_name(self, name: str) -> Person | None:
-        return self._by_name.get(name)
-
-    def person_for_question(self, question_id: str) -> Person:
-        return self._by_id[question_person_id(question_id)]
-
     def __post_init__(self) -> None:
-        self._by_id = {p.id: p for p in self.people}
-        self._by_name = {p.name: p for p in self.people}
-        if len(self._by_name) != len(self.people):
-            raise ValueError("person names must be unique")
-
-    def questions_for(self, split: str) -> list[Question]:
-        return [q for q in self.questions if q.split == split]
+        self.index_people()
 
     # ------------------------------------------------------------ files
     def to_dict(self) -> dict:
