@@ -31,7 +31,7 @@ from .prompt_sets import load_anah_questions, load_biography_prompts
 from .records import Annotation, Question, Sample
 from .report import ModelResult, write_report
 from .settings import knob, settings_dict, write_settings
-from .stage import BackendSettings, ServerKnobs, check_model_path
+from .stage import BackendSettings, SamplingKnobs, ServerKnobs, check_model_path
 from .validate import check_output_dir, read_annotations, read_samples
 
 MetricName = Literal["anah", "factscore", "both"]
@@ -312,7 +312,18 @@ def score_models(settings: ScoreSettings, inputs: list[MetricInputs], judge_back
 
 
 @dataclass
-class EndToEndSettings(ScoreSettings):
+class EndToEndSettings(ScoreSettings, SamplingKnobs):
+    """``eval run``'s knobs: ``eval score``'s, the prompt sets, and how the evaluated models' responses are
+    generated (decoding knobs inherited from :class:`maskdpo.stage.SamplingKnobs`, worded for eval)."""
+
+    option_help: ClassVar[dict[str, str]] = {
+        **ScoreSettings.option_help,
+        "top_k": "Sampling top-k (with --no-greedy).",
+        "temperature": "Sampling temperature (with --no-greedy).",
+        "max_new_tokens": "Maximum new tokens per evaluated response.",
+        "seed": "Base seed for sampled evaluation.",
+    }
+
     anah_questions: Optional[Path] = knob(None, "ANAH test questions with reference documents (ANAH-v2's "
                                                 "question_document.jsonl, opencompass/anah records or question JSONL).")
     bio_entities: Optional[Path] = knob(None, "Biography prompts: FActScore's entity list, one entity per line.")
@@ -320,10 +331,6 @@ class EndToEndSettings(ScoreSettings):
     backend: str = knob("hf", "Backend that generates the evaluated models' responses: lmdeploy, openai, hf.")
     greedy: bool = knob(True, "Greedy decoding (the paper's Table 1); --no-greedy samples with top-k/temperature.")
     runs: int = knob(1, "Responses per question, scored as separate runs (needs --no-greedy when > 1).")
-    top_k: int = knob(40, "Sampling top-k (with --no-greedy).")
-    temperature: float = knob(0.8, "Sampling temperature (with --no-greedy).")
-    max_new_tokens: int = knob(512, "Maximum new tokens per evaluated response.")
-    seed: int = knob(0, "Base seed for sampled evaluation.")
     batch_size: int = knob(16, "Questions per generation call.")
     base_url: Optional[str] = knob(None, "openai backend for the evaluated models: server URL.")
     annotator: str = knob("anah-v2", "Sentence annotator for the ANAH score (anah-v2 = the official judge).")

@@ -28,7 +28,7 @@ from .jsonl import JsonlAppender, ReadStats
 from .prompt_sets import load_questions
 from .records import Question, Sample
 from .settings import knob, settings_dict, write_settings
-from .stage import BackendSettings, check_model_path, check_outputs, check_resumable, parse_shard, select_items, \
+from .stage import BackendSettings, SamplingKnobs, check_model_path, check_outputs, check_resumable, parse_shard, select_items, \
     settings_path
 
 # Settings that change what a sample is; resuming into a file made with others is an error.
@@ -37,9 +37,9 @@ IDENTITY_FIELDS = ("questions", "model", "backend", "n", "top_k", "top_p", "temp
 
 
 @dataclass
-class SampleSettings(BackendSettings):
-    """The sampling stage's knobs; the backend's (``--backend``, ``--device``, ``--base-url`` ...) are
-    inherited from :class:`maskdpo.stage.BackendSettings`."""
+class SampleSettings(SamplingKnobs, BackendSettings):
+    """The sampling stage's knobs; the decoding ones (``--top-k``, ``--temperature`` ...) and the backend's
+    (``--backend``, ``--device``, ``--base-url`` ...) are inherited from :mod:`maskdpo.stage`."""
 
     questions: Path = knob(None, "Questions: a JSONL file of question records (id, question, topic, language, "
                                  "document), or ANAH's layouts (question_document.jsonl, opencompass/anah) as a "
@@ -47,12 +47,8 @@ class SampleSettings(BackendSettings):
     out: Path = knob(None, "Samples JSONL to write (appended to and resumed if it exists).")
     model: str = knob(None, "Model path or served model name (the policy being aligned: sample on-policy).")
     n: int = knob(8, "Responses per question.")
-    top_k: int = knob(40, "Top-k (paper: 40).")
     top_p: float = knob(1.0, "Top-p; keep 1.0 (paper). Always sent explicitly so model defaults cannot leak in.")
-    temperature: float = knob(0.8, "Sampling temperature (paper: 0.8).")
-    max_new_tokens: int = knob(512, "Maximum new tokens per response.")
     greedy: bool = knob(False, "Greedy decoding instead of sampling (evaluation-style; n must be 1).")
-    seed: int = knob(0, "Base seed; per-sample seeds derive from it, the question id and the sample index.")
     system_prompt: Optional[str] = knob(None, "Optional system message put before each question.")
     limit: Optional[int] = knob(None, "Use only the first LIMIT questions (for trials).")
     shard: str = knob("0/1", "K/N: take the K-th (0-based) of N contiguous blocks of the questions.")

@@ -110,6 +110,19 @@ def check_resumable(out: str | os.PathLike, current: dict, fields: tuple[str, ..
                          "use a new --out or the same settings to resume")
 
 
+# ---------------------------------------------------------------- decoding
+
+
+@dataclass
+class SamplingKnobs:
+    """The decoding knobs of generated responses, declared once (sampling, and ``eval run``'s responses)."""
+
+    top_k: int = knob(40, "Top-k (paper: 40).")
+    temperature: float = knob(0.8, "Sampling temperature (paper: 0.8).")
+    max_new_tokens: int = knob(512, "Maximum new tokens per response.")
+    seed: int = knob(0, "Base seed; per-sample seeds derive from it, the question id and the sample index.")
+
+
 # ---------------------------------------------------------------- backends
 
 
