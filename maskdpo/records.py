@@ -51,6 +51,12 @@ def _get(d: dict, name: str, types: type | tuple[type, ...], default: Any = _MIS
     return value
 
 
+def with_optional(d: dict, **optional: Any) -> dict:
+    """``d`` with the ``optional`` fields that are set (a record leaves out what it does not have)."""
+    d.update({name: value for name, value in optional.items() if value is not None})
+    return d
+
+
 def _type_names(types: type | tuple[type, ...]) -> str:
     types = types if isinstance(types, tuple) else (types,)
     names = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "an object", bool: "a boolean"}
@@ -122,13 +128,9 @@ class Question:
         return q
 
     def to_dict(self) -> dict:
-        d = {"format": format_tag(self.KIND), "id": self.id, "question": self.question, "topic": self.topic,
-             "language": self.language}
-        if self.document is not None:
-            d["document"] = self.document
-        if self.split is not None:
-            d["split"] = self.split
-        return d
+        return with_optional({"format": format_tag(self.KIND), "id": self.id, "question": self.question,
+                              "topic": self.topic, "language": self.language},
+                             document=self.document, split=self.split)
 
 
 @dataclass
@@ -311,12 +313,8 @@ class PairItem:
         return cls(sents=list(sents), type=list(types), spans=spans, labels=labels)
 
     def to_dict(self) -> dict:
-        d: dict[str, Any] = {"sents": self.sents, "type": self.type}
-        if self.spans is not None:
-            d["spans"] = [list(sp) for sp in self.spans]
-        if self.labels is not None:
-            d["labels"] = self.labels
-        return d
+        spans = [list(sp) for sp in self.spans] if self.spans is not None else None
+        return with_optional({"sents": self.sents, "type": self.type}, spans=spans, labels=self.labels)
 
 
 @dataclass
