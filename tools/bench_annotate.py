@@ -46,19 +46,11 @@ CASES = [  # responses of about eight sentences, like a chat model's answer to a
 ]
 
 
-def default_model() -> str:
-    sys.path.insert(0, str(ROOT))
-    from tests.models import smollm2_model_dir
-
-    return str(smollm2_model_dir())
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None)
+    from bench_sample import default_model, generation_parser  # tools/ is on the path of a tool script
+
+    parser = generation_parser(__doc__, max_new_tokens=24)
     parser.add_argument("--samples", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--prompts", default="maskdpo",
                         help="judge prompts (as `maskdpo annotate --prompts`; official needs the protocol cache)")
     parser.add_argument("--batch-size", type=int, default=16,

@@ -32,13 +32,19 @@ def default_model() -> str:
     return str(smollm2_model_dir())
 
 
+def generation_parser(doc: str, max_new_tokens: int) -> argparse.ArgumentParser:
+    """The options of the generation benchmarks (this one and bench_annotate.py): model, length, threads."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="model folder (default: the SmolLM2 test model)")
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--threads", type=int, default=1)
+    return parser
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None)
+    parser = generation_parser(__doc__, max_new_tokens=32)
     parser.add_argument("--questions", type=int, default=8)
     parser.add_argument("--n", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
     import torch
