@@ -17,9 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 CASES = [  # responses of about eight sentences, like a chat model's answer to an ANAH question
     ("Who was Marie Curie?",

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..records import Question
-from .world import PeopleLookups
+from .world import HEDGES, QUESTION_TEMPLATES, WorldBase, person_questions  # the same hedges and questions
 
 FORMAT = "maskdpo/toyworld-rich@1"
 SPLITS = ("train", "test", "test_family")
@@ -114,11 +114,8 @@ REGION_NAMES = ["the North", "the Coast", "the Fens", "the Hills", "the Valley",
 OPENERS = ["Here is what I know.", "Good question.", "Let me tell you about this person.", "Sure, I can help."]
 FILLERS = ["That is worth knowing.", "People still talk about that.", "This part is well remembered.",
            "There is more to say."]
-HEDGES = ["I am not completely sure about all of this.", "I hope this helps.", "That is all I can recall."]
 NOFACT_SENTENCES = tuple(OPENERS + FILLERS + HEDGES)
 
-QUESTION_TEMPLATES = ["Tell me about {name}.", "Who was {name}?", "Write a short biography of {name}.",
-                      "What do you know about {name}?"]
 
 
 @dataclass(frozen=True)
@@ -191,7 +188,7 @@ def accuracy(fame: float, attribute: str) -> float:
     return fame ** ATTRIBUTE[attribute].difficulty
 
 
-class RichWorld(PeopleLookups):
+class RichWorld(WorldBase):
     """Regions, families, people, questions; the same lookups as :class:`maskdpo.toyworld.world.World`."""
 
     kind = "rich"
@@ -213,12 +210,6 @@ class RichWorld(PeopleLookups):
     def to_dict(self) -> dict:
         return {"format": FORMAT, "settings": asdict(self.settings), "regions": [asdict(r) for r in self.regions],
                 "families": [asdict(f) for f in self.families], "people": [asdict(p) for p in self.people]}
-
-    def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        return path
 
     @classmethod
     def from_dict(cls, d: dict, path: Path) -> "RichWorld":
@@ -315,15 +306,9 @@ def _members(rng: random.Random, settings: RichSettings, region: Region, family:
 
 def render_questions(people: list[RichPerson], settings: RichSettings) -> list[Question]:
     """``questions_per_person`` questions per person, each with the person's reference document."""
-    questions = []
-    for person in people:
-        rng = random.Random(f"rich-{settings.seed}-{person.id}")  # depends on the person only, not on order
-        templates = rng.sample(range(len(QUESTION_TEMPLATES)), settings.questions_per_person)
-        for k, t in enumerate(templates):
-            questions.append(Question(id=f"tw-{person.id}-q{k}", question=QUESTION_TEMPLATES[t].format(name=person.name),
-                                      topic=person.family, language="en", document=render_document(person),
-                                      split=person.split))
-    return questions
+    return [q for person in people
+            for q in person_questions(person, f"rich-{settings.seed}-{person.id}", settings.questions_per_person,
+                                      render_document(person))]
 
 
 def render_document(person: RichPerson) -> str:

@@ -123,8 +123,9 @@ class Family:
     typical: dict[str, str]  # attribute -> the family's typical value ("born": the era's first year)
 
 
-class PeopleLookups:
-    """The lookups both worlds offer over their ``people`` and ``questions`` (by id, name, question, split)."""
+class WorldBase:
+    """What both worlds offer: lookups over their ``people`` and ``questions`` (by id, name, question,
+    split), and saving to a world file (``to_dict`` is each world's own)."""
 
     people: list
     questions: list[Question]
@@ -147,9 +148,15 @@ class PeopleLookups:
     def questions_for(self, split: str) -> list[Question]:
         return [q for q in self.questions if q.split == split]
 
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path
+
 
 @dataclass
-class World(PeopleLookups):
+class World(WorldBase):
     settings: WorldSettings
     families: list[Family]
     people: list[Person]
@@ -172,12 +179,6 @@ class World(PeopleLookups):
     def to_dict(self) -> dict:
         return {"format": FORMAT, "settings": asdict(self.settings),
                 "families": [asdict(f) for f in self.families], "people": [asdict(p) for p in self.people]}
-
-    def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "World":
@@ -274,16 +275,20 @@ def generate_world(settings: WorldSettings = WorldSettings()) -> World:
 
 def render_questions(people: list[Person], settings: WorldSettings) -> list[Question]:
     """``questions_per_person`` questions per person, each with the person's reference document."""
-    questions = []
-    for person in people:
-        # Which phrasings a person gets depends only on the seed and the person, not on order.
-        rng = random.Random(f"{settings.seed}-{person.id}")
-        templates = rng.sample(range(len(QUESTION_TEMPLATES)), settings.questions_per_person)
-        for k, t in enumerate(templates):
-            questions.append(Question(id=f"tw-{person.id}-q{k}", question=QUESTION_TEMPLATES[t].format(name=person.name),
-                                      topic=person.family, language="en", document=render_document(person),
-                                      split=person.split))
-    return questions
+    return [q for person in people
+            for q in person_questions(person, f"{settings.seed}-{person.id}", settings.questions_per_person,
+                                      render_document(person))]
+
+
+def person_questions(person, rng_key: str, count: int, document: str) -> list[Question]:
+    """``count`` phrasings of a question about ``person``, each with its reference document (both worlds).
+
+    Which phrasings are drawn from ``rng_key`` alone: they depend on the seed and the person, not on order.
+    """
+    templates = random.Random(rng_key).sample(range(len(QUESTION_TEMPLATES)), count)
+    return [Question(id=f"tw-{person.id}-q{k}", question=QUESTION_TEMPLATES[t].format(name=person.name),
+                     topic=person.family, language="en", document=document, split=person.split)
+            for k, t in enumerate(templates)]
 
 
 def render_document(person: Person) -> str:
