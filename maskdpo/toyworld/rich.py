@@ -44,7 +44,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..records import Question
-from .world import HEDGES, QUESTION_TEMPLATES, WorldBase, person_questions  # the same hedges and questions
+from .world import FIRST_SYLLABLES, HEDGES, LAST_SYLLABLES, QUESTION_TEMPLATES, SURNAME_ENDS as WORLD_SURNAME_ENDS, \
+    SURNAME_PARTS, WorldBase, person_questions
 
 FORMAT = "maskdpo/toyworld-rich@1"
 SPLITS = ("train", "test", "test_family")
@@ -103,12 +104,8 @@ VOCABULARIES = {
               "Gilded Quill", "Marsh Prize"],
 }
 YEAR_RANGE = (1600, 1950)  # birth years; a region's era is a 60-year window inside it
-FIRST_SYLLABLES = ["al", "bri", "cor", "da", "el", "fen", "ga", "hal", "is", "jo", "ka", "lu", "mi", "nor", "o",
-                   "pe", "ri", "sa", "tor", "u", "ve", "wyn"]
-LAST_SYLLABLES = ["ra", "ven", "lin", "dor", "sa", "mir", "tan", "wen", "rik", "na", "bel", "ton"]
-SURNAME_PARTS = ["ash", "brook", "crane", "dun", "ell", "frost", "glen", "hart", "ives", "kell", "lark", "moor",
-                 "north", "pike", "quill", "rook", "stone", "thorn", "vale", "wick"]
-SURNAME_ENDS = ["ley", "wood", "field", "man", "ford", "by", "ridge", "well", "ton", "holm", "sen", "more"]
+# Names are built from the first world's syllables; two endings per region: four more endings.
+SURNAME_ENDS = WORLD_SURNAME_ENDS + ["ton", "holm", "sen", "more"]
 REGION_NAMES = ["the North", "the Coast", "the Fens", "the Hills", "the Valley", "the Islands"]
 
 OPENERS = ["Here is what I know.", "Good question.", "Let me tell you about this person.", "Sure, I can help."]
