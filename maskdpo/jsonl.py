@@ -187,6 +187,18 @@ def load_jsonl(
     return records, stats
 
 
+def read_json_file(path: str | os.PathLike, what: str, missing_hint: str = "") -> Any:
+    """The JSON value of a whole file (a world file, a prompt file): a missing file is a
+    ``FileNotFoundError``, invalid JSON a ``ValueError``, each naming the file and what it should be."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such {what}{missing_hint}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not a {what}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
+
+
 def dump_line(obj: Any) -> str:
     """One JSONL line; NaN and Infinity raise ``ValueError`` (they are not JSON)."""
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n"

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 from ..backends.base import ChatBackend, Decoding, GenerationRequest, finish_reason_of, load_backend
+from ..jsonl import read_json_file
 from ..labels import ANAH_LABELS
 from ..records import Annotation, Question, Sample, Sentence
 
@@ -140,11 +141,9 @@ def load_prompts(path: str | Path | None = None) -> PromptSet:
         return PromptFileError(f"{path}: {key}: {message}")
 
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PromptFileError(f"{path}: no such prompt file") from None
-    except json.JSONDecodeError as exc:
-        raise PromptFileError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+        data = read_json_file(path, "prompt file")
+    except (OSError, ValueError) as exc:
+        raise PromptFileError(str(exc)) from None
     if not isinstance(data, dict):
         raise fail("(top level)", "expected an object")
     version = data.get("version")

@@ -37,6 +37,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..jsonl import read_json_file
 from ..records import Question
 
 FORMAT = "maskdpo/toyworld@1"
@@ -208,12 +209,7 @@ def load_world(path: str | os.PathLike):
 
 def read_world_file(path: Path) -> dict:
     """The JSON object of a world file, or an error naming the file."""
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such world file (write one with generate_world(...).save)") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not a world file (invalid JSON at line {exc.lineno})") from None
+    d = read_json_file(path, "world file", " (write one with generate_world(...).save)")
     if not isinstance(d, dict):
         raise ValueError(f"{path}: field 'format': expected a world file, got {d!r:.60}")
     return d
