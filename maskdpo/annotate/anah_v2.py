@@ -49,7 +49,6 @@ labels are the same under greedy decoding, only slower).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
