@@ -20,7 +20,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from typing import Iterator, Optional
 
 from .backends.base import ChatBackend, Decoding, GenerationRequest, finish_reason_of
 from .backends.prompting import derive_seed

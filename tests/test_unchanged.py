@@ -26,7 +26,6 @@ import sys
 from pathlib import Path
 
 import click
-import pytest
 from click.testing import CliRunner
 
 GOLDEN = Path(__file__).parent / "data" / "unchanged"

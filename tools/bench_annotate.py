@@ -14,8 +14,6 @@ unparseable; the call counts printed show how many turns ran). Target: ≥ 5×.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 
 CASES = [  # responses of about eight sentences, like a chat model's answer to an ANAH question

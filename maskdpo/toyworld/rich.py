@@ -37,8 +37,6 @@ Deterministic per seed; the world file has its own format
 
 from __future__ import annotations
 
-import json
-import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
