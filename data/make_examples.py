@@ -1,4 +1,5 @@
-"""How the example files were made: hand-written responses and per-sentence labels; spans come from
+"""How the example samples and annotations were made, for the hand-written questions.jsonl:
+hand-written responses and per-sentence labels; spans come from
 maskdpo.sentences.split_sentences with the ANAH-v2 judge's rules (so "e.g." and "Approx." end a
 sentence, as the judge's own splitter does). Run from the repository root:
 
@@ -10,49 +11,13 @@ sentence, as the judge's own splitter does). Run from the repository root:
 import json
 from pathlib import Path
 
+from maskdpo.jsonl import load_jsonl
 from maskdpo.records import Annotation, Question, Sample, Sentence
 from maskdpo.sentences import split_sentences
 
 ROOT = Path(__file__).resolve().parent
 GEN = {"top_k": 40, "top_p": 1.0, "temperature": 0.8, "max_new_tokens": 512}
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-
-questions = [
-    dict(id="anah-en-0001", topic="Ada Lovelace", language="en", split="train",
-         question="Who was Ada Lovelace and what is she known for?",
-         document="Augusta Ada King, Countess of Lovelace (10 December 1815 - 27 November 1852), was an English "
-                  "mathematician and writer, chiefly known for her work on Charles Babbage's proposed mechanical "
-                  "general-purpose computer, the Analytical Engine. She was the only legitimate child of the poet "
-                  "Lord Byron and Anne Isabella Milbanke. Her notes on the engine include what is recognised as the "
-                  "first algorithm intended to be carried out by such a machine."),
-    dict(id="anah-en-0002", topic="Eiffel Tower", language="en", split="train",
-         question="Tell me about the Eiffel Tower.",
-         document="The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named "
-                  "after the engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889. "
-                  "It is 330 m (1,083 ft) tall. It was the tallest man-made structure in the world until the Chrysler "
-                  "Building in New York City was finished in 1930."),
-    dict(id="anah-en-0003", topic="Marie Curie", language="en", split="train",
-         question="Summarise Marie Curie's scientific achievements.",
-         document="Marie Salomea Sklodowska-Curie (7 November 1867 - 4 July 1934) was a Polish and naturalised-French "
-                  "physicist and chemist who conducted pioneering research on radioactivity. She was the first woman "
-                  "to win a Nobel Prize, the first person to win a Nobel Prize twice, and the only person to win a "
-                  "Nobel Prize in two scientific fields (physics in 1903, chemistry in 1911). She discovered polonium "
-                  "and radium with Pierre Curie."),
-    dict(id="anah-en-0004", topic="Python (programming language)", language="en", split="train",
-         question="What is the Python programming language?",
-         document="Python is a high-level, general-purpose programming language. Its design philosophy emphasizes "
-                  "code readability with the use of significant indentation. Guido van Rossum began working on "
-                  "Python in the late 1980s; it was first released in 1991 as Python 0.9.0. Python 3.0, released in "
-                  "2008, was a major revision not completely backward-compatible with earlier versions."),
-    dict(id="anah-zh-0001", topic="长城", language="zh", split="train",
-         question="请介绍一下长城。",
-         document="长城是中国古代的军事防御工程，是一道高大、坚固而且连绵不断的长垣。长城修筑的历史可上溯到西周时期。"
-                  "明长城总长度为8851.8千米。1987年12月，长城被列入《世界遗产名录》。"),
-    dict(id="anah-zh-0002", topic="李白", language="zh", split="train",
-         question="李白是谁？",
-         document="李白（701年－762年），字太白，号青莲居士，唐朝浪漫主义诗人，被后人誉为“诗仙”。"
-                  "其诗作有《静夜思》《将进酒》《蜀道难》等。"),
-]
 
 # (question id, sample index, response, labels per sentence in split order)
 samples = [
@@ -107,8 +72,8 @@ samples = [
      ["contradictory", "ok", "unverifiable"]),
 ]
 
-qrecs = [Question(**q) for q in questions]
-qmap = {q.id: q for q in qrecs}
+# The questions (with their reference documents) are written by hand in questions.jsonl.
+qmap = {q.id: q for q in load_jsonl(ROOT / "questions.jsonl", Question.from_dict)[0]}
 srecs, arecs = [], []
 for qid, idx, response, labels in samples:
     q = qmap[qid]
@@ -131,6 +96,5 @@ def dump(path, recs):
         for r in recs:
             f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
 
-dump(ROOT / "questions.jsonl", qrecs)
 dump(ROOT / "samples.jsonl", srecs)
 dump(ROOT / "annotations.jsonl", arecs)
