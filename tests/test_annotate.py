@@ -11,12 +11,11 @@ from click.testing import CliRunner
 from maskdpo.annotate.anah_v2 import (PROMPTS_PATH, AnahV2Annotator, MissingDocument, PromptFileError,
                                       UnparseableAnswer, load_prompts, parse_answer)
 from maskdpo.annotate.run import AnnotateSettings, run_annotation
-from maskdpo.records import Annotation, Question, Sample
+from maskdpo.records import Annotation
 from tests.doubles.anah_judge_double import ScriptedAnahJudgeDouble
+from tests.helpers import ADA_ANSWER, CITIES_ANSWER, judged_samples
+from tests.helpers import judged_questions as questions
 
-EN_RESPONSE = ("Hello there! Ada Lovelace was born in 1815. She lived on Mars. She wrote the first program. "
-               "Her cat was named Bob. She liked tea.")
-ZH_RESPONSE = "北京是中国的首都。上海在火星上。你好！"
 SCRIPT = {
     "Hello there!": ["A greeting. <No Facts>"],
     "Ada Lovelace was born in 1815.": ["<Facts>", "Born 10 December 1815. <Reference Information>",
@@ -34,16 +33,8 @@ EXPECTED_EN = ["nofact", "ok", "contradictory", "unverifiable", "unverifiable", 
 EXPECTED_ZH = ["ok", "contradictory", "nofact"]
 
 
-def questions() -> dict:
-    return {"ada": Question(id="ada", question="Who was Ada Lovelace?", document="Ada Lovelace (1815-1852) ...",
-                            language="en"),
-            "zh": Question(id="zh", question="介绍中国的城市。", document="北京是中国的首都。上海在中国。", language="zh")}
-
-
 def samples() -> list:
-    common = dict(messages=[{"role": "user", "content": "q"}], model="m", backend="hf", generation={})
-    return [Sample(question_id="ada", sample_index=0, response=EN_RESPONSE, **common),
-            Sample(question_id="zh", sample_index=0, response=ZH_RESPONSE, **common)]
+    return judged_samples(ADA_ANSWER, CITIES_ANSWER)
 
 
 def test_every_branch_in_english_and_chinese():

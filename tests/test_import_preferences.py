@@ -1,7 +1,5 @@
 """Importing TRL / XTuner preference datasets as questions and samples (local files, offline)."""
 
-import json
-
 import pytest
 from click.testing import CliRunner
 
@@ -9,6 +7,7 @@ from maskdpo.cli import main
 from maskdpo.jsonl import RecordError
 from maskdpo.preferences import import_preferences, parse_preference
 from maskdpo.validate import check_known_questions, read_questions, read_samples
+from tests.helpers import write_rows
 
 
 @pytest.fixture(autouse=True)
@@ -39,16 +38,8 @@ ROWS = [
 ]
 
 
-def write_jsonl(path, rows, blank_after=None):
-    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
-    if blank_after is not None:
-        lines.insert(blank_after, "")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
 def test_every_layout_becomes_a_question_and_two_samples(tmp_path):
-    source = write_jsonl(tmp_path / "prefs.jsonl", ROWS)
+    source = write_rows(tmp_path / "prefs.jsonl", ROWS)
     stats = import_preferences(str(source), tmp_path / "out")
     assert stats.rows == 3 and stats.imported == 3 and not stats.skipped
     questions = [q for _, q in read_questions(tmp_path / "out" / "questions.jsonl")]
@@ -64,17 +55,17 @@ def test_every_layout_becomes_a_question_and_two_samples(tmp_path):
     assert samples[4].messages == user("How tall is the Eiffel Tower?") and samples[5].response == "It is about 500 m tall."
     assert samples[0].meta["row"] == f"{source}:1" and samples[0].backend == "imported"
     # Ids come from the content: a reordered file gives the same ids.
-    import_preferences(str(write_jsonl(tmp_path / "rev.jsonl", ROWS[::-1])), tmp_path / "rev")
+    import_preferences(str(write_rows(tmp_path / "rev.jsonl", ROWS[::-1])), tmp_path / "rev")
     assert sorted(q.id for _, q in read_questions(tmp_path / "rev" / "questions.jsonl")) == sorted(q.id for q in questions)
 
 
 def test_topic_and_document_fields(tmp_path):
-    source = write_jsonl(tmp_path / "prefs.jsonl", ROWS[1:2])
+    source = write_rows(tmp_path / "prefs.jsonl", ROWS[1:2])
     import_preferences(str(source), tmp_path / "out", topic_field="topic", document_field="reference", language="en")
     (_, question), = read_questions(tmp_path / "out" / "questions.jsonl")
     assert question.topic == "Marie Curie" and question.document == "Marie Curie was born in Warsaw in 1867."
     with pytest.raises(RecordError, match=r"prefs2\.jsonl:1: field 'reference': expected a non-empty string"):
-        import_preferences(str(write_jsonl(tmp_path / "prefs2.jsonl", ROWS[:1])), tmp_path / "o2",
+        import_preferences(str(write_rows(tmp_path / "prefs2.jsonl", ROWS[:1])), tmp_path / "o2",
                            document_field="reference")
 
 
@@ -88,7 +79,7 @@ def test_topic_and_document_fields(tmp_path):
     ({"prompt": "Q?", "rejected": "B."}, "chosen", "missing"),
 ])
 def test_bad_rows_name_file_line_and_field(tmp_path, row, field, message):
-    source = write_jsonl(tmp_path / "bad.jsonl", ROWS[:1] + [row], blank_after=1)
+    source = write_rows(tmp_path / "bad.jsonl", ROWS[:1] + [row], blank_after=1)
     with pytest.raises(RecordError, match=rf"bad\.jsonl:3: field '{field}': .*{message}"):
         import_preferences(str(source), tmp_path / "out")
     assert not (tmp_path / "out" / "samples.jsonl").exists()  # nothing half-written
@@ -97,7 +88,7 @@ def test_bad_rows_name_file_line_and_field(tmp_path, row, field, message):
 
 
 def test_a_repeated_row_is_written_once_and_counted(tmp_path):
-    source = write_jsonl(tmp_path / "prefs.jsonl", ROWS + ROWS[:1])
+    source = write_rows(tmp_path / "prefs.jsonl", ROWS + ROWS[:1])
     stats = import_preferences(str(source), tmp_path / "out")
     assert stats.imported == 3 and stats.repeated == 1 and "prefs.jsonl:4 repeats" in stats.summary()
     assert len(read_samples(tmp_path / "out" / "samples.jsonl")) == 6
@@ -126,11 +117,11 @@ def test_a_parquet_dataset_folder_goes_through_load_dataset(tmp_path):
 
 
 def test_command(tmp_path):
-    source = write_jsonl(tmp_path / "prefs.jsonl", ROWS)
+    source = write_rows(tmp_path / "prefs.jsonl", ROWS)
     result = CliRunner().invoke(main, ["import-preferences", str(source), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert "3 rows: 3 imported (6 samples)" in result.output
-    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "Q?", "chosen": "A."}])
+    bad = write_rows(tmp_path / "bad.jsonl", [{"prompt": "Q?", "chosen": "A."}])
     result = CliRunner().invoke(main, ["import-preferences", str(bad), "--out", str(tmp_path / "o2")])
     assert result.exit_code != 0 and "bad.jsonl:1: field 'rejected': missing" in result.output
 
@@ -158,7 +149,7 @@ def test_local_json_in_a_folder_is_read_line_by_line(tmp_path):
     folder = tmp_path / "prefs"
     (folder / "data").mkdir(parents=True)
     rows = [{"prompt": f"Question {i}?", "chosen": f"Right {i}.", "rejected": f"Wrong {i}."} for i in range(3)]
-    train = write_jsonl(folder / "data" / "train.jsonl", rows, blank_after=1)  # a blank line: pandas' JSON reader fails
+    train = write_rows(folder / "data" / "train.jsonl", rows, blank_after=1)  # a blank line: pandas' JSON reader fails
     stats = import_preferences(str(folder), tmp_path / "out")
     assert stats.imported == 3
     samples = [s for _, s in read_samples(tmp_path / "out" / "samples.jsonl")]
@@ -171,7 +162,7 @@ def test_local_json_in_a_folder_is_read_line_by_line(tmp_path):
     skipped = invoke(folder, "--out", tmp_path / "out3", "--skip-invalid")
     assert skipped.exit_code == 0 and f"1 invalid rows skipped (first: {train}:5: invalid JSON" in skipped.output
     # Splits are found by file name, as datasets finds them.
-    test = write_jsonl(folder / "data" / "test.jsonl", rows[:1])
+    test = write_rows(folder / "data" / "test.jsonl", rows[:1])
     with pytest.raises(ValueError, match=r"prefs has splits .*: choose one"):
         import_preferences(str(folder), tmp_path / "out4")
     assert import_preferences(str(folder), tmp_path / "out4", split="test").imported == 1
@@ -230,7 +221,7 @@ def test_empty_input_writes_nothing_unless_allowed(tmp_path):
     assert f"{source}: no preference row to read" in error and "--allow-empty" in error
     assert "wrote" not in result.output and not (tmp_path / "out").exists()
     # Every row invalid and skipped: also empty, and the count is said.
-    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "Q?", "chosen": "A."}])
+    bad = write_rows(tmp_path / "bad.jsonl", [{"prompt": "Q?", "chosen": "A."}])
     error = one_error_line(invoke(bad, "--out", tmp_path / "out", "--skip-invalid"))
     assert "no preference row to read (1 invalid rows skipped, first: " in error and f"{bad}:1" in error
     assert not (tmp_path / "out").exists()

@@ -27,11 +27,13 @@ from maskdpo.sentences import split_sentences
 from tests.doubles.anah_judge_double import (SYNTHETIC_META, SYNTHETIC_PROMPTS, ScriptedAnahJudgeDouble,
                                              synthetic_pins, synthetic_prompt_functions, synthetic_sentence_tokenize,
                                              write_protocol_files)
+from tests.helpers import ADA_ANSWER, CITIES_ANSWER, judged_samples
+from tests.helpers import judged_questions as questions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EN_RESPONSE = ("Hello there! Ada Lovelace was born in 1815. She lived on Mars. She wrote the first program. "
-               "Her cat was named Bob. She liked tea. She read J.K. Rowling.")
-ZH_RESPONSE = "北京是中国的首都。上海在火星上。你好！长城在月球上。故宫建于1420年。"
+# One more sentence each: an abbreviation the official splitter keeps whole, two more official labels.
+EN_RESPONSE = ADA_ANSWER + " She read J.K. Rowling."
+ZH_RESPONSE = CITIES_ANSWER + "长城在月球上。故宫建于1420年。"
 # Answers per turn, and the official label each sentence must get.
 SCRIPT = {
     "Hello there!": ["<No Facts>"],
@@ -50,20 +52,11 @@ SCRIPT = {
 }
 EXPECTED_EN = ["nofact", "ok", "contradictory", "unverifiable", "unverifiable", "ok", "ok"]
 EXPECTED_ZH = ["ok", "contradictory", "nofact", "unverifiable", "unverifiable"]
-QUESTIONS = {
-    "ada": Question(id="ada", question="Who was Ada Lovelace?", document="Ada Lovelace (1815-1852) ...", language="en"),
-    "zh": Question(id="zh", question="介绍中国的城市。", document="北京是中国的首都。上海在中国。", language="zh"),
-}
-
-
-def questions() -> dict:
-    return {k: Question.from_dict(q.to_dict()) for k, q in QUESTIONS.items()}
+QUESTIONS = questions()
 
 
 def samples() -> list:
-    common = dict(messages=[{"role": "user", "content": "q"}], model="m", backend="hf", generation={})
-    return [Sample(question_id="ada", sample_index=0, response=EN_RESPONSE, **common),
-            Sample(question_id="zh", sample_index=0, response=ZH_RESPONSE, **common)]
+    return judged_samples(EN_RESPONSE, ZH_RESPONSE)
 
 
 def official_conversation(question: Question, sentence: str, answers: list[str]) -> list[list[dict]]:

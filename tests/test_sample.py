@@ -19,6 +19,7 @@ from maskdpo.records import Sample
 from maskdpo.backends.serve import start_server
 from maskdpo.sample import SampleSettings, run_sampling
 from maskdpo.stage import parse_shard, select_items, settings_path, shard_slice
+from tests.helpers import write_rows
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -316,14 +317,6 @@ ANAH_ROWS = [  # ANAH-v2's question_document.jsonl layout: no id
     {"question": "Who was Ada Lovelace?", "document": "Ada Lovelace was a mathematician.", "language": "en"},
     {"question": "长城有多长？", "document": "长城是中国古代的军事防御工程。", "language": "zh"},
 ]
-
-
-def write_rows(path: Path, rows: list, blank_after: int | None = None) -> Path:
-    text = [json.dumps(r, ensure_ascii=False) for r in rows]
-    if blank_after is not None:
-        text.insert(blank_after, "")
-    path.write_text("\n".join(text) + "\n", encoding="utf-8")
-    return path
 
 
 def test_questions_load_anah_layouts_with_the_ids_eval_run_gives(tmp_path):

@@ -1,10 +1,7 @@
 """The rich toy world: determinism, splits, shared structure, fame × difficulty, varied answers, the oracle."""
 
-import os
 import random
 import statistics
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
@@ -15,6 +12,7 @@ from maskdpo.toyworld.oracle import OracleAnnotator, judge_sentence
 from maskdpo.toyworld.rich import (ATTRIBUTE, ATTRIBUTES, FILLERS, NOFACT_SENTENCES, RichSettings, RichWorld,
                                    accuracy, generate_rich_world)
 from maskdpo.toyworld.world import World, generate_world, load_world, training_corpus
+from tests.helpers import world_dump_under_two_hash_seeds
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +25,9 @@ def _labels(world, person, answer):
 
 
 def test_same_seed_same_world_across_processes():
-    code = ("import json; from maskdpo.toyworld.rich import *; from maskdpo.toyworld.world import training_corpus; "
-            "w = generate_rich_world(RichSettings(seed=5)); "
-            "print(json.dumps([w.to_dict(), [q.to_dict() for q in w.questions], "
-            "[a for _, a in training_corpus(w, 2, seed=5)]], sort_keys=True))")
-    outputs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                              env={**os.environ, "PYTHONHASHSEED": h}).stdout for h in ("1", "2")]
+    outputs = world_dump_under_two_hash_seeds(
+        "from maskdpo.toyworld.rich import *; from maskdpo.toyworld.world import training_corpus",
+        "w = generate_rich_world(RichSettings(seed=5))", "[a for _, a in training_corpus(w, 2, seed=5)]")
     assert outputs[0] == outputs[1] and len(outputs[0]) > 10_000
     assert generate_rich_world(RichSettings(seed=6)).to_dict() != generate_rich_world(RichSettings(seed=5)).to_dict()
 

@@ -1,7 +1,4 @@
-import os
 import random
-import subprocess
-import sys
 
 import pytest
 
@@ -9,6 +6,7 @@ from maskdpo.records import Question
 from maskdpo.toyworld.oracle import judge_sentence
 from maskdpo.toyworld.world import (ATTRIBUTES, NOFACT_SENTENCES, World, WorldSettings, generate_world,
                                     training_answer, training_corpus)
+from tests.helpers import world_dump_under_two_hash_seeds
 
 
 def test_same_seed_same_world_and_different_seed_different_world():
@@ -21,13 +19,10 @@ def test_same_seed_same_world_and_different_seed_different_world():
 
 
 def test_same_seed_same_world_across_processes():
-    """String hashing is randomised per process; nothing may depend on set or dict-of-str order."""
-    code = ("import json; from maskdpo.toyworld.world import *; from maskdpo.tiny import train_tokenizer; "
-            "w = generate_world(WorldSettings(seed=7)); "
-            "tok = train_tokenizer([a for _, a in training_corpus(w, 2, seed=7)], vocab_size=400); "
-            "print(json.dumps([w.to_dict(), [q.to_dict() for q in w.questions], tok.get_vocab()], sort_keys=True))")
-    outputs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")]
+    outputs = world_dump_under_two_hash_seeds(
+        "from maskdpo.toyworld.world import *; from maskdpo.tiny import train_tokenizer",
+        "w = generate_world(WorldSettings(seed=7)); "
+        "tok = train_tokenizer([a for _, a in training_corpus(w, 2, seed=7)], vocab_size=400)", "tok.get_vocab()")
     assert outputs[0] == outputs[1] and len(outputs[0]) > 1000
 
 
