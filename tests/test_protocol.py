@@ -130,51 +130,56 @@ def _replace(text: str, old: str, new: str) -> str:
     return text.replace(old, new, 1)
 
 
-MALFORMED_PROMPTS = [
-    (lambda s: s + "\ndef broken(:\n", r"synthetic\.py:\d+: not valid Python"),
-    (lambda s: _replace(s, "def fact_check_prompt(", "def fact_prompt("), r"no top-level function fact_check_prompt"),
-    (lambda s: _replace(s, "def reference_check_prompt(question, reference, annotation, language)",
-                        "def reference_check_prompt(question, annotation, reference, language)"),
+# Lines of the synthetic files that more than one malformed variant changes.
+RETURN_BY_LANGUAGE = 'return cn_user_prompt if language == "zh" else en_user_prompt'
+CN_TURN_ONE = '    cn_user_prompt = f"""\n    合成的第一轮'
+EN_TURN_ONE = '    en_user_prompt = f"""\n    Synthetic turn one'
+META_DEFAULT = '            meta_instruction="""'
+
+# (the file a parser reads, how it is broken, the error expected)
+MALFORMED = [
+    ("prompts", lambda s: s + "\ndef broken(:\n",
+     r"synthetic\.py:\d+: not valid Python"),
+    ("prompts", lambda s: _replace(s, "def fact_check_prompt(", "def fact_prompt("),
+     r"no top-level function fact_check_prompt"),
+    ("prompts", lambda s: _replace(s, "def reference_check_prompt(question, reference, annotation, language)",
+                                   "def reference_check_prompt(question, annotation, reference, language)"),
      r"synthetic\.py:\d+: reference_check_prompt: expected parameters \(question, reference, annotation, language\)"),
-    (lambda s: _replace(s, 'return cn_user_prompt if language == "zh" else en_user_prompt',
-                        "return en_user_prompt"), r"fact_check_prompt: expected `return ZH if language == \"zh\""),
-    (lambda s: _replace(s, 'return cn_user_prompt if language == "zh" else en_user_prompt',
-                        'return cn_user_prompt if language == "en" else en_user_prompt'), r"expected `return ZH if"),
-    (lambda s: _replace(s, "Question: {question}", "Question: {question.upper()}"),
+    ("prompts", lambda s: _replace(s, RETURN_BY_LANGUAGE, "return en_user_prompt"),
+     r"fact_check_prompt: expected `return ZH if language == \"zh\""),
+    ("prompts", lambda s: _replace(s, RETURN_BY_LANGUAGE, RETURN_BY_LANGUAGE.replace('"zh"', '"en"')),
+     r"expected `return ZH if"),
+    ("prompts", lambda s: _replace(s, "Question: {question}", "Question: {question.upper()}"),
      r"synthetic\.py:\d+: fact_check_prompt\.en_user_prompt: a field must be one of the parameters"),
-    (lambda s: _replace(s, "Question: {question}", "Question: {language}"), r"a field must be one of the parameters"),
-    (lambda s: _replace(s, "Question: {question}", "Question: {question:>10}"), r"format specs are not supported"),
-    (lambda s: _replace(s, '    cn_user_prompt = f"""\n    合成的第一轮', '    print(1)\n    cn_user_prompt = f"""\n    合成的第一轮'),
+    ("prompts", lambda s: _replace(s, "Question: {question}", "Question: {language}"),
+     r"a field must be one of the parameters"),
+    ("prompts", lambda s: _replace(s, "Question: {question}", "Question: {question:>10}"),
+     r"format specs are not supported"),
+    ("prompts", lambda s: _replace(s, CN_TURN_ONE, "    print(1)\n" + CN_TURN_ONE),
      r"fact_check_prompt: unexpected statement `print\(1\)`"),
-    (lambda s: _replace(s, '    en_user_prompt = f"""\n    Synthetic turn one', '    english = f"""\n    Synthetic turn one'),
+    ("prompts", lambda s: _replace(s, EN_TURN_ONE, '    english = f"""\n    Synthetic turn one'),
      r"returns en_user_prompt, which is not assigned"),
-    (lambda s: _replace(s, '    en_user_prompt = f"""\n    Synthetic turn one', '    en_user_prompt = 3 + f"""\n    Synthetic turn one'),
+    ("prompts", lambda s: _replace(s, EN_TURN_ONE, '    en_user_prompt = 3 + f"""\n    Synthetic turn one'),
      r"fact_check_prompt\.en_user_prompt: expected an f-string, got BinOp"),
-]
-
-
-@pytest.mark.parametrize("mutate,message", MALFORMED_PROMPTS)
-def test_prompt_file_of_another_shape_is_a_clear_error(mutate, message):
-    with pytest.raises(protocol.ProtocolError, match=message):
-        protocol.parse_prompt_functions(mutate(SYNTHETIC_PROMPTS), "synthetic.py")
-
-
-MALFORMED_MODELS = [
-    (lambda s: _replace(s, "class InternLMChat7B(", "class InternLM(").replace("(InternLMChat7B)", "(InternLM)"),
+    ("model", lambda s: _replace(s, "class InternLMChat7B(", "class InternLM(").replace("(InternLMChat7B)", "(InternLM)"),
      r"model\.py: no top-level class InternLMChat7B"),
-    (lambda s: _replace(s, "            meta_instruction=\"\"\"", "            meta=\"\"\""),
+    ("model", lambda s: _replace(s, META_DEFAULT, '            meta="""'),
      r"model\.py:\d+: InternLMChat7B\.__init__ has no default for meta_instruction"),
-    (lambda s: _replace(s, "            meta_instruction=\"\"\"", "            meta_instruction=PREFIX + \"\"\""),
+    ("model", lambda s: _replace(s, META_DEFAULT, '            meta_instruction=PREFIX + """'),
      r"model\.py:\d+: InternLMChat7B\.__init__ meta_instruction default: expected a string literal"),
-    (lambda s: _replace(s, "    def __init__(\n            self,", "    def setup(\n            self,"),
+    ("model", lambda s: _replace(s, "    def __init__(\n            self,", "    def setup(\n            self,"),
      r"InternLMChat7B has no __init__"),
 ]
+# Each parser with the synthetic file it reads and the name it reports.
+PARSERS = {"prompts": (protocol.parse_prompt_functions, SYNTHETIC_PROMPTS, "synthetic.py"),
+           "model": (protocol.parse_meta_instruction, SYNTHETIC_MODEL, "model.py")}
 
 
-@pytest.mark.parametrize("mutate,message", MALFORMED_MODELS)
-def test_model_file_of_another_shape_is_a_clear_error(mutate, message):
+@pytest.mark.parametrize("kind,mutate,message", MALFORMED)
+def test_a_file_of_another_shape_is_a_clear_error(kind, mutate, message):
+    parse, source, name = PARSERS[kind]
     with pytest.raises(protocol.ProtocolError, match=message):
-        protocol.parse_meta_instruction(mutate(SYNTHETIC_MODEL), "model.py")
+        parse(mutate(source), name)
 
 
 def test_parsing_never_runs_the_file(tmp_path):
