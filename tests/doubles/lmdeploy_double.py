@@ -3,7 +3,9 @@
 LMDeploy's engines cannot run here (no CUDA). This double mirrors the real
 classes (``lmdeploy/messages.py``, ``lmdeploy/model.py``, ``lmdeploy/api.py``
 and ``lmdeploy/archs.py`` of 0.18.0): the same field names, defaults and
-checks, including what they refuse —
+checks, including what they refuse (a field whose default is ``None`` is
+annotated ``Optional[...]`` here where LMDeploy writes ``int = None``; the
+dataclasses check no annotation) —
 
 - ``GenerationConfig`` and ``PytorchEngineConfig`` are plain dataclasses with
   assertions (``AssertionError``; an unknown keyword is a ``TypeError``);
@@ -53,20 +55,20 @@ class GenerationConfig:
     temperature: float = 0.8
     repetition_penalty: float = 1.0
     ignore_eos: bool = False
-    random_seed: int = None
-    stop_words: List[str] = None
-    bad_words: List[str] = None
-    stop_token_ids: List[int] = None
-    bad_token_ids: List[int] = None
-    min_new_tokens: int = None
+    random_seed: Optional[int] = None
+    stop_words: Optional[List[str]] = None
+    bad_words: Optional[List[str]] = None
+    stop_token_ids: Optional[List[int]] = None
+    bad_token_ids: Optional[List[int]] = None
+    min_new_tokens: Optional[int] = None
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
-    logprobs: int = None
+    logprobs: Optional[int] = None
     logprob_start_len: int = -1
     response_format: Optional[Dict] = None
     logits_processors: Optional[List[Any]] = None
-    output_logits: Literal["all", "generation"] = None
-    output_last_hidden_state: Literal["all", "generation"] = None
+    output_logits: Optional[Literal["all", "generation"]] = None
+    output_last_hidden_state: Optional[Literal["all", "generation"]] = None
     include_stop_str_in_output: bool = False
 
     def __post_init__(self):
@@ -160,24 +162,24 @@ class PytorchEngineConfig:
     tp: int = 1
     dp: int = 1
     ep: int = 1
-    session_len: int = None
-    max_batch_size: int = None
+    session_len: Optional[int] = None
+    max_batch_size: Optional[int] = None
     cache_max_entry_count: float = 0.8
     prefill_interval: int = 16
     block_size: int = 64
     num_cpu_blocks: int = 0
     num_gpu_blocks: int = 0
-    adapters: Dict[str, str] = None
+    adapters: Optional[Dict[str, str]] = None
     max_prefill_token_num: int = 8192
     thread_safe: bool = False
     enable_prefix_caching: bool = False
     device_type: str = "cuda"
     eager_mode: bool = False
-    custom_module_map: Dict[str, str] = None
-    download_dir: str = None
-    revision: str = None
+    custom_module_map: Optional[Dict[str, str]] = None
+    download_dir: Optional[str] = None
+    revision: Optional[str] = None
     quant_policy: int = 0
-    distributed_executor_backend: str = None
+    distributed_executor_backend: Optional[str] = None
 
     def __post_init__(self):
         assert self.dtype in ["auto", "float16", "bfloat16"]
@@ -218,7 +220,7 @@ class Response:
     input_token_len: int
     finish_reason: Optional[Literal["stop", "length", "error", "abort"]] = None
     token_ids: List[int] = field(default_factory=list)
-    logprobs: List[Dict[int, float]] = None
+    logprobs: Optional[List[Dict[int, float]]] = None
     index: int = 0
     error_code: Optional[str] = None
     error_message: Optional[str] = None
