@@ -43,41 +43,15 @@ def tokenize(config, cfg_options, pairs, tokenizer, max_length, masks, num_proc,
     opens them instead of tokenizing; so does `maskdpo ref-cache`. Point MASKDPO_PAIRS (or the config's
     data_files) at the printed folder to train from it directly.
     """
-    from ..validate import EmptyInput
-    from ..xtuner.dataset import describe_tokenized, prepare_tokenized, training_data_from_config
+    from ..xtuner.dataset import run_tokenize
 
     if bool(config) == bool(pairs):
         raise click.UsageError("give --config or --pairs (with --tokenizer and --max-length)")
     if num_proc < 1:
         raise click.BadParameter(f"must be at least 1, got {num_proc}", param_hint="--num-proc")
-    drop_truncated = False
-    if config:
-        data = training_data_from_config(config, cfg_options)
-        data_files, tok, max_length, drop_truncated = data.data_files, data.tokenizer, data.max_length, \
-            data.drop_truncated
-        masks = list(masks) or [data.mask]
-        skip_invalid = skip_invalid or data.skip_invalid
-        cache_dir = cache_dir or data.cache_dir
-    else:
-        if not tokenizer or not max_length:
-            raise click.UsageError("--pairs needs --tokenizer and --max-length")
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(tokenizer, use_fast=True)
-        data_files = [str(p) for p in pairs]
-        masks = list(masks) or ["both"]
-    store = None
-    for mask in dict.fromkeys(masks):
-        try:
-            store = prepare_tokenized(data_files, tok, max_length, mask, cache_dir=cache_dir, num_proc=num_proc,
-                                      allow_empty=allow_empty)
-        except EmptyInput as exc:
-            if not allow_empty:
-                raise
-            click.echo(f"{exc} (--allow-empty): no cache written")
-            return
-    folder = Path(store.folder).absolute()
-    for line in describe_tokenized(store, list(dict.fromkeys(masks)), drop_truncated, skip_invalid,
-                                   None if config else data_files):
+    if pairs and (not tokenizer or not max_length):
+        raise click.UsageError("--pairs needs --tokenizer and --max-length")
+    for line in run_tokenize(config=config, cfg_options=cfg_options, pairs=pairs, tokenizer=tokenizer,
+                             max_length=max_length, masks=masks, num_proc=num_proc, skip_invalid=skip_invalid,
+                             allow_empty=allow_empty, cache_dir=cache_dir):
         click.echo(line)
-    click.echo(f"train from it: MASKDPO_PAIRS={folder} (or data_files='{folder}' in the config)")

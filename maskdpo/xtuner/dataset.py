@@ -1045,3 +1045,43 @@ def describe_tokenized(store: TokenizedPairs, masks: list[str], drop_truncated: 
             int(pc.sum(pc.list_value_length(data.column("rejected_ids"))).as_py() or 0)
         lines.append(f"  mask={mask}: {report.summary()}; {tokens:,} tokens stored")
     return lines
+
+
+def run_tokenize(*, config: str | os.PathLike | None = None, cfg_options: Sequence[str] = (),
+                 pairs: Sequence[str | os.PathLike] = (), tokenizer: str | None = None, max_length: int | None = None,
+                 masks: Sequence[str] = (), num_proc: int = 1, skip_invalid: bool = False, allow_empty: bool = False,
+                 cache_dir: str | os.PathLike | None = None) -> list[str]:
+    """``maskdpo tokenize``: build the tokenized cache of a config's training pairs (or of ``pairs`` with
+    ``tokenizer`` and ``max_length``) for each mask mode; returns the lines describing it.
+
+    With ``allow_empty`` and no pair in any file, nothing is tokenized and the one line says so.
+    """
+    from ..validate import EmptyInput
+
+    drop_truncated = False
+    if config:
+        data = training_data_from_config(config, cfg_options)
+        data_files, tok, max_length = data.data_files, data.tokenizer, data.max_length
+        drop_truncated = data.drop_truncated
+        masks = list(masks) or [data.mask]
+        skip_invalid = skip_invalid or data.skip_invalid
+        cache_dir = cache_dir or data.cache_dir
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tokenizer, use_fast=True)
+        data_files = [str(p) for p in pairs]
+        masks = list(masks) or ["both"]
+    masks = list(dict.fromkeys(masks))
+    store = None
+    for mask in masks:
+        try:
+            store = prepare_tokenized(data_files, tok, max_length, mask, cache_dir=cache_dir, num_proc=num_proc,
+                                      allow_empty=allow_empty)
+        except EmptyInput as exc:
+            if not allow_empty:
+                raise
+            return [f"{exc} (--allow-empty): no cache written"]
+    folder = Path(store.folder).absolute()
+    return describe_tokenized(store, masks, drop_truncated, skip_invalid, None if config else data_files) + \
+        [f"train from it: MASKDPO_PAIRS={folder} (or data_files='{folder}' in the config)"]
