@@ -25,7 +25,7 @@ def _tokenized_cache(tmp_path_factory):
 # (the newest transformers LMDeploy allows, and the real lmdeploy package), where only these files
 # are collected (the others need xtuner). A new test file of an inference stage belongs here.
 INFERENCE_TEST_FILES = frozenset({
-    "test_annotate.py", "test_backends_hf.py", "test_commands.py", "test_stage.py", "test_unchanged.py", "test_backends_lmdeploy.py", "test_backends_openai.py",
+    "test_annotate.py", "test_backends_hf.py", "test_commands.py", "test_layout.py", "test_stage.py", "test_unchanged.py", "test_backends_lmdeploy.py", "test_backends_openai.py",
     "test_bad_input.py", "test_eval_end_to_end.py", "test_eval_prompt_sets.py", "test_eval_score.py",
     "test_lmdeploy_contract.py", "test_masking.py", "test_metrics_anah.py", "test_metrics_factscore.py",
     "test_openai_hidden_defaults.py", "test_openai_knobs.py", "test_pairs.py", "test_protocol.py", "test_protocol_annotate.py",
