@@ -50,6 +50,10 @@ class ScoreSettings(ServerKnobs):
         "max_retries": "Every openai backend here: retries of a failed call (HTTP 500 at most twice).",
         "timeout": "Every openai backend here: seconds per call.",
     }
+    # The order of --help and of the settings file: the stage's story, shared knobs where they belong in it.
+    option_order: ClassVar[tuple[str, ...]] = ("out", "metric", "nofact_correct", "wiki_db", "judge_backend",
+        "judge_model", "judge_base_url", "judge_batch_size", "judge_max_new_tokens", "judge_cache", "gamma",
+        "passages", "retriever", "embedding_model", "device", "server_profile", "max_retries", "timeout")
 
     out: Path = knob(None, "Folder for report.md, report.json, report.png, per-response FactScore details "
                            "and the judge cache.")
@@ -323,6 +327,14 @@ class EndToEndSettings(ScoreSettings, SamplingKnobs):
         "max_new_tokens": "Maximum new tokens per evaluated response.",
         "seed": "Base seed for sampled evaluation.",
     }
+    # The order of --help and of the settings file: the stage's story, shared knobs where they belong in it.
+    option_order: ClassVar[tuple[str, ...]] = ("out", "metric", "nofact_correct", "wiki_db", "judge_backend",
+        "judge_model", "judge_base_url", "judge_batch_size", "judge_max_new_tokens", "judge_cache", "gamma",
+        "passages", "retriever", "embedding_model", "device", "server_profile", "max_retries", "timeout",
+        "anah_questions", "bio_entities", "limit", "backend", "greedy", "runs", "top_k", "temperature",
+        "max_new_tokens", "seed", "batch_size", "base_url", "annotator", "annotator_model",
+        "annotator_backend", "annotator_base_url", "annotator_prompts", "annotator_splitter",
+        "annotator_unparseable")
 
     anah_questions: Optional[Path] = knob(None, "ANAH test questions with reference documents (ANAH-v2's "
                                                 "question_document.jsonl, opencompass/anah records or question JSONL).")

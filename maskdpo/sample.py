@@ -20,7 +20,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import ClassVar, Iterator, Optional
 
 from .backends.base import ChatBackend, Decoding, GenerationRequest, finish_reason_of
 from .backends.prompting import derive_seed
@@ -40,6 +40,13 @@ IDENTITY_FIELDS = ("questions", "model", "backend", "n", "top_k", "top_p", "temp
 class SampleSettings(SamplingKnobs, BackendSettings):
     """The sampling stage's knobs; the decoding ones (``--top-k``, ``--temperature`` ...) and the backend's
     (``--backend``, ``--device``, ``--base-url`` ...) are inherited from :mod:`maskdpo.stage`."""
+
+    # The order of --help and of the settings file: the stage's story, shared knobs where they belong in it.
+    option_order: ClassVar[tuple[str, ...]] = ("questions", "out", "model", "backend", "n", "top_k", "top_p",
+        "temperature", "max_new_tokens", "greedy", "seed", "system_prompt", "limit", "shard", "batch_size",
+        "device", "trust_remote_code", "tp", "engine", "base_url", "api_key", "concurrency", "server_profile",
+        "server_n", "tokenizer", "max_retries", "timeout", "allow_model_mismatch", "skip_invalid",
+        "allow_empty")
 
     questions: Path = knob(None, "Questions: a JSONL file of question records (id, question, topic, language, "
                                  "document), or ANAH's layouts (question_document.jsonl, opencompass/anah) as a "

@@ -33,15 +33,22 @@ def _option_name(name: str) -> str:
 
 
 def option_fields(settings_cls: type) -> list[dataclasses.Field]:
-    """The fields of ``settings_cls`` in ``--help`` order: those the class declares first (in order), then
-    those of each base in turn (the shared backend knobs of :mod:`maskdpo.stage`): a stage's own options lead."""
-    by_name = {f.name: f for f in dataclasses.fields(settings_cls)}
-    ordered: dict[str, dataclasses.Field] = {}
-    for cls in settings_cls.__mro__:  # the class itself, then its bases: nearest declaration first
-        for name in cls.__dict__.get("__annotations__", {}):
-            if name in by_name and name not in ordered:
-                ordered[name] = by_name[name]
-    return list(ordered.values())
+    """The fields of ``settings_cls`` in ``--help`` (and settings-file) order.
+
+    A class whose knobs partly come from shared bases (:mod:`maskdpo.stage`) names its order in
+    ``option_order``, every field once, so its ``--help`` reads as one list however the knobs are
+    declared; otherwise the order is the dataclass's.
+    """
+    fields = dataclasses.fields(settings_cls)
+    order = settings_cls.__dict__.get("option_order")
+    if order is None:
+        return list(fields)
+    by_name = {f.name: f for f in fields}
+    if sorted(order) != sorted(by_name):
+        missing, unknown = sorted(set(by_name) - set(order)), sorted(set(order) - set(by_name))
+        raise TypeError(f"{settings_cls.__name__}.option_order must name every field once "
+                        f"(missing: {missing}, unknown: {unknown})")
+    return [by_name[name] for name in order]
 
 
 def click_options(settings_cls: type, exclude: tuple[str, ...] = ()) -> Callable:
@@ -104,8 +111,9 @@ def settings_from_options(settings_cls: type[S], options: dict[str, Any]) -> S:
 def settings_dict(settings: Any) -> dict:
     """The settings as JSON values; knobs the class does not offer (``cli_exclude``) are not its settings."""
     left_out = set(getattr(type(settings), "cli_exclude", ()))
-    return {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in dataclasses.asdict(settings).items()
-            if k not in left_out}
+    values = dataclasses.asdict(settings)
+    return {f.name: (str(values[f.name]) if isinstance(values[f.name], os.PathLike) else values[f.name])
+            for f in option_fields(type(settings)) if f.name not in left_out}
 
 
 def write_settings(path: str | os.PathLike, settings: Any, **extra: Any) -> None:

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from ..jsonl import JsonlAppender
 from ..prompt_sets import load_questions
@@ -67,7 +67,7 @@ class AnnotateSettings(BackendSettings):
     skip_invalid: bool = knob(False, "Skip and count malformed sample and question lines instead of stopping.")
     allow_empty: bool = knob(False, "Accept a samples or questions file with no record (otherwise an error).")
 
-    option_help = {
+    option_help: ClassVar[dict[str, str]] = {
         "backend": "anah-v2: backend running the judge (lmdeploy, openai, hf).",
         "base_url": "openai backend: server URL (default: $OPENAI_BASE_URL).",
         "server_profile": "openai backend: which sampling fields the server is sent (see `maskdpo sample --help`); "
@@ -76,7 +76,13 @@ class AnnotateSettings(BackendSettings):
         "tokenizer": "openai backend: a local copy of the judge's tokenizer, to record the chat template the server "
                      "is expected to apply.",
     }
-    cli_exclude = ("server_n",)
+    cli_exclude: ClassVar[tuple[str, ...]] = ("server_n",)
+    # The order of --help and of the settings file: the stage's story, shared knobs where they belong in it.
+    option_order: ClassVar[tuple[str, ...]] = ("samples", "questions", "out", "annotator", "backend", "model",
+        "prompts", "allow_unpinned_prompts", "unparseable", "splitter", "max_new_tokens", "annotator_options",
+        "batch_size", "limit", "shard", "device", "trust_remote_code", "tp", "engine", "base_url", "api_key",
+        "concurrency", "server_n", "server_profile", "tokenizer", "max_retries", "timeout",
+        "allow_model_mismatch", "skip_invalid", "allow_empty")
 
 
 @dataclass
