@@ -440,6 +440,23 @@ def side_report(tokenizer: Any, seq: MaskedSequence) -> dict:
 # ---------------------------------------------------------------- the masks stage
 
 
+def encode_pairs_or_errors(tokenizer: Any, pairs: list[Pair], *, max_length: int | None = None,
+                           mask: str = "both") -> list[tuple[MaskedPair | None, ValueError | None]]:
+    """``(masked pair, None)`` or ``(None, the error)`` per pair: one batched :func:`encode_pairs` call,
+    and where a pair of the batch fails, the batch again pair by pair, so each bad pair is named."""
+    try:
+        return [(masked, None) for masked in encode_pairs(tokenizer, pairs, max_length=max_length, mask=mask)]
+    except ValueError:
+        pass
+    out: list[tuple[MaskedPair | None, ValueError | None]] = []
+    for pair in pairs:
+        try:
+            out.append((encode_pair(tokenizer, pair, max_length=max_length, mask=mask), None))
+        except ValueError as exc:
+            out.append((None, exc))
+    return out
+
+
 def load_chat_tokenizer(name: str) -> Any:
     """A fast tokenizer with a chat template, from a local folder or a hub name (offline when HF_HUB_OFFLINE=1).
 
@@ -453,10 +470,7 @@ def load_chat_tokenizer(name: str) -> Any:
         tok = AutoTokenizer.from_pretrained(name, use_fast=True)
     except (OSError, ValueError, TypeError) as exc:
         raise OSError(f"cannot load tokenizer {name!r}: {exc}") from None
-    if not getattr(tok, "is_fast", False):
-        raise ValueError(f"tokenizer {name!r} is not a fast tokenizer: exact alignment needs the offset mapping")
-    if not getattr(tok, "chat_template", None):
-        raise ValueError(f"tokenizer {name!r} has no chat template")
+    check_chat_tokenizer(tok)
     return tok
 
 
@@ -529,17 +543,9 @@ def view_masks(pairs_path: str | _os.PathLike, tokenizer: str, *, max_length: in
     with tqdm(total=len(usable), desc="Tokenizing pairs", unit="pair", disable=len(usable) < 2000) as bar:
         for start in range(0, len(usable), VIEW_CHUNK):
             chunk = usable[start:start + VIEW_CHUNK]
-            try:
-                encoded = encode_pairs(tok, [p for _, p in chunk], max_length=max_length, mask=mask)
-            except ValueError:  # find the bad pair(s): one at a time
-                encoded = None
-            for i, (lineno, pair) in enumerate(chunk):
-                try:
-                    masked = encoded[i] if encoded is not None else encode_pairs(tok, [pair], max_length=max_length,
-                                                                                mask=mask)[0]
-                    problem = token_signal_problem(masked)
-                except ValueError as exc:
-                    masked, problem = None, str(exc)
+            encoded = encode_pairs_or_errors(tok, [p for _, p in chunk], max_length=max_length, mask=mask)
+            for (lineno, pair), (masked, error) in zip(chunk, encoded):
+                problem = str(error) if error is not None else token_signal_problem(masked)
                 if problem:
                     prefix = "" if problem.startswith("pair ") else f"pair {pair.id!r}: "
                     skip_line(RecordError(pairs_path, lineno, None, prefix + problem), skip_invalid, stats)

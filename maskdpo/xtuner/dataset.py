@@ -122,20 +122,13 @@ def pair_problem(pair: Pair, masked: Any, mask: str) -> str | None:
 def _encode_chunk(chunk: list[tuple[str, Pair]], tokenizer: Any, max_length: int, mask: str) -> list:
     """``(MaskedPair, None)`` or ``(None, message)`` per ``(where, pair)``: one tokenizer call for the chunk;
     a chunk with a bad pair is redone pair by pair to name it."""
-    from ..masking import encode_pair, encode_pairs
+    from ..masking import encode_pairs_or_errors
 
-    try:
-        return [(e, None) for e in encode_pairs(tokenizer, [p for _, p in chunk], max_length=max_length, mask=mask)]
-    except ValueError:
-        pass
-    out = []
-    for where, pair in chunk:
-        try:
-            out.append((encode_pair(tokenizer, pair, max_length=max_length, mask=mask), None))
-        except ValueError as exc:
-            # AlignmentError names the pair already; other errors get its id here.
-            out.append((None, f"{where}: {exc}" if isinstance(exc, AlignmentError) else f"{where}: pair {pair.id!r}: {exc}"))
-    return out
+    encoded = encode_pairs_or_errors(tokenizer, [p for _, p in chunk], max_length=max_length, mask=mask)
+    # AlignmentError names the pair already; other errors get its id here.
+    return [(masked, None) if exc is None else
+            (None, f"{where}: {exc}" if isinstance(exc, AlignmentError) else f"{where}: pair {pair.id!r}: {exc}")
+            for (where, pair), (masked, exc) in zip(chunk, encoded)]
 
 
 def encode_training_items(
