@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterator, TypeVar
+from typing import Any, Callable, Hashable, Iterator, TextIO, TypeVar
 
 T = TypeVar("T")
 
@@ -204,18 +205,26 @@ def dump_line(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n"
 
 
-def write_jsonl(path: str | os.PathLike, objects: list[dict]) -> None:
-    """Write a whole file at once, atomically (temporary file, then rename); a failure leaves no partial file."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[TextIO]:
+    """A text handle whose contents replace ``path`` only when the block ends without an error: written to
+    a temporary name, then renamed, so a kill or a failure leaves the old file or none, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with tmp.open("w", encoding="utf-8") as handle:
-            for obj in objects:
-                handle.write(dump_line(obj))
+            yield handle
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_jsonl(path: str | os.PathLike, objects: list[dict]) -> None:
+    """Write a whole file at once, atomically (:func:`atomic_file`)."""
+    with atomic_file(path) as handle:
+        for obj in objects:
+            handle.write(dump_line(obj))
 
 
 class JsonlAppender:

@@ -16,7 +16,6 @@ N outputs concatenated in order equal the unsharded output.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,7 +164,7 @@ def run_sampling(settings: SampleSettings, backend: ChatBackend | None = None,
     questions = select_items(load_questions(Path(settings.questions), skip_invalid=settings.skip_invalid,
                                             allow_empty=settings.allow_empty, stats=read_stats),
                              settings.limit, settings.shard)
-    recorded = dataclasses.replace(settings, api_key=None)  # never write a key to disk
+    recorded = settings.for_the_record()
     check_resumable(out, settings_dict(recorded), IDENTITY_FIELDS)
     decoding = decoding_of(settings)
 

@@ -117,21 +117,14 @@ def settings_dict(settings: Any) -> dict:
 
 
 def write_settings(path: str | os.PathLike, settings: Any, **extra: Any) -> None:
-    """Write the effective settings of a run as JSON (next to its outputs), atomically.
+    """Write the effective settings of a run as JSON (next to its outputs), atomically
+    (:func:`maskdpo.jsonl.atomic_file`): a kill leaves the old file or the new one, never a truncated one
+    (a resume guard reads it)."""
+    from .jsonl import atomic_file
 
-    The file is written to a temporary name and renamed, so a kill leaves the
-    old file or the new one, never a truncated one (a resume guard reads it).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {**settings_dict(settings), **extra}
-    text = json.dumps(payload, indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path) as handle:
+        handle.write(json.dumps(payload, indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n")
 
 
 def read_settings(path: str | os.PathLike) -> dict:

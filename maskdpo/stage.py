@@ -12,7 +12,10 @@ What they have in common lives here, once:
 - **Resume**: appending to ``OUT`` is refused when it was made with other
   record-defining settings, when its settings file is missing although ``OUT``
   holds records, or when the settings file is corrupt (:func:`check_resumable`).
-- **Outputs** are checked writable before any model loads (:func:`check_outputs`).
+- **Outputs** are checked writable before any model loads (:func:`check_outputs`); whole files are
+  written atomically (:func:`maskdpo.jsonl.atomic_file`, :func:`maskdpo.jsonl.write_jsonl`), record
+  streams appended and resumed by key (:class:`maskdpo.jsonl.JsonlAppender`). A stage whose output is a
+  folder (``eval``, ``demo``) keeps its settings file inside it (``eval-settings.json``).
 - **Backends**: :class:`BackendSettings` declares every backend knob once;
   :meth:`BackendSettings.load` maps them to the backend's options, once.
 """
@@ -161,6 +164,10 @@ class BackendSettings(ServerKnobs):
                                           "the chat template the server is expected to apply.")
     allow_model_mismatch: bool = knob(False, "openai backend: only warn (and count) when the server serves another "
                                              "model than --model, instead of stopping.")
+
+    def for_the_record(self, **changes: Any):
+        """A copy to write into the settings file: the API key never goes to disk."""
+        return dataclasses.replace(self, api_key=None, **changes)
 
     def backend_settings(self) -> "BackendSettings":
         """Only the backend knobs of a stage's settings (which inherit them)."""

@@ -65,6 +65,12 @@ def help_texts() -> dict[str, str]:
             paths += [[name, sub] for sub in cmd.list_commands(ctx)]
     texts = {}
     for path in paths:
+        # click keeps a command's help option from its first context: a test that invoked a subcommand
+        # on its own leaves it without "-h"; `maskdpo CMD` (what users run) gives it "-h, --help".
+        cmd = main
+        for name in path:
+            cmd = cmd.get_command(ctx, name)
+            cmd._help_option = None
         result = CliRunner(env={"COLUMNS": "100"}).invoke(main, [*path, "--help"])
         assert result.exit_code == 0, result.output
         texts[" ".join(path)] = result.output

@@ -8,7 +8,6 @@ block of the samples, so the N outputs concatenated equal the unsharded one.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections import Counter
@@ -18,7 +17,7 @@ from typing import ClassVar, Literal, Optional
 
 from ..jsonl import JsonlAppender
 from ..prompt_sets import load_questions
-from ..records import Annotation, Sample
+from ..records import Annotation
 from ..sentences import check_splitter_rules
 from ..settings import knob, settings_dict, write_settings
 from ..stage import BackendSettings, check_outputs, check_resumable, parse_shard, select_items, settings_path
@@ -129,13 +128,6 @@ def parse_options(text: str | None) -> dict:
     return options
 
 
-def load_samples(path: Path, *, skip_invalid: bool = False, allow_empty: bool = False,
-                 stats=None) -> list[tuple[int, Sample]]:
-    """``(line, sample)`` in file order; a repeated ``(question_id, sample_index)`` is an error naming
-    both lines, an empty file an error unless ``allow_empty``."""
-    return read_samples(path, skip_invalid=skip_invalid, allow_empty=allow_empty, stats=stats)
-
-
 def validate(settings: AnnotateSettings) -> None:
     for name in ("samples", "questions", "out"):
         if getattr(settings, name) in (None, ""):
@@ -171,10 +163,10 @@ def run_annotation(settings: AnnotateSettings, annotator: Annotator | None = Non
     check_outputs(out)
     read = dict(skip_invalid=settings.skip_invalid, allow_empty=settings.allow_empty, stats=read_stats)
     questions = {q.id: q for q in load_questions(Path(settings.questions), **read)}
-    located = select_items(load_samples(Path(settings.samples), **read), settings.limit, settings.shard)
+    located = select_items(read_samples(Path(settings.samples), **read), settings.limit, settings.shard)
     check_known_questions(settings.samples, located, questions, settings.questions)
     samples = [s for _, s in located]
-    recorded = dataclasses.replace(settings, api_key=None, unparseable=effective_unparseable(settings))
+    recorded = settings.for_the_record(unparseable=effective_unparseable(settings))
     check_resumable(out, settings_dict(recorded), IDENTITY_FIELDS)
 
     with JsonlAppender(out, key=lambda d: (str(d["question_id"]), int(d["sample_index"]))) as writer:

@@ -229,6 +229,7 @@ def sample_and_annotate(model: Path, questions: Path, world_path: Path, folder: 
 
 def step_pairs(folder: Path, annotations: Path) -> tuple[Path, dict]:
     """The pairs stage with its default rule: ``pairs.jsonl`` (and its settings file), then ``pairs-stats.json``."""
+    from ..jsonl import atomic_file
     from ..pairs import PairsRunSettings, run_pairs
 
     path, stats_path = folder / "pairs.jsonl", folder / "pairs-stats.json"
@@ -236,7 +237,8 @@ def step_pairs(folder: Path, annotations: Path) -> tuple[Path, dict]:
         summary = run_pairs(PairsRunSettings(annotations=annotations, out=path))
         if not summary.written:
             raise RuntimeError(f"{annotations}: no usable pairs (every question's samples scored the same)")
-        stats_path.write_text(json.dumps(summary.stats.to_dict(), indent=1) + "\n")
+        with atomic_file(stats_path) as handle:
+            handle.write(json.dumps(summary.stats.to_dict(), indent=1) + "\n")
     stats = json.loads(stats_path.read_text())
     say(f"pairs: {stats['kept']} of {stats['questions']} training questions")
     return path, stats
