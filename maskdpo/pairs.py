@@ -161,19 +161,19 @@ def build_pairs(annotations: Iterable[Annotation], settings: PairSettings) -> tu
 
 @dataclass(kw_only=True)
 class PairsRunSettings(PairSettings):
-    """A pairs run: the pair rule (:class:`PairSettings`) plus what to read and how to write."""
+    """A pairs run: the pair rule (:class:`PairSettings`) plus what to read and how to write.
 
-    annotations: Path = knob(None, "Annotated samples (JSONL, maskdpo/annotation@1; see data/README.md).")
-    out: Path = knob(None, "Where to write the pairs (JSONL); the effective settings and counts go next to it.")
-    authors_format: bool = knob(False, "Write the authors' released format exactly (no spans, ids or scores).")
-    skip_invalid: bool = knob(False, "Skip and count malformed annotation lines instead of stopping.")
-    allow_empty: bool = knob(False, "Accept an annotations file with no record (otherwise an error).")
+    The command declares these five as its own options (an existing ``--annotations`` file, flags);
+    their help lives there, once."""
+
+    annotations: Path
+    out: Path
+    authors_format: bool = False
+    skip_invalid: bool = False
+    allow_empty: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("annotations", "out"):
-            if getattr(self, name) is None:
-                raise ValueError(f"a pairs run needs {name}")
         self.annotations, self.out = Path(self.annotations), Path(self.out)
 
     def pair_settings(self) -> PairSettings:

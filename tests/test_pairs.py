@@ -145,8 +145,8 @@ def test_run_pairs_refuses_an_unwritable_out_before_reading(tmp_path):
     with pytest.raises(ValueError, match="settings file"):
         run_pairs(PairsRunSettings(annotations=missing, out=tmp_path / "p.jsonl"))
     assert not (tmp_path / "p.jsonl").exists()
-    with pytest.raises(ValueError, match="needs annotations"):
-        PairsRunSettings(annotations=None, out=tmp_path / "p.jsonl")
+    with pytest.raises(TypeError, match="annotations"):  # what to read is required
+        PairsRunSettings(out=tmp_path / "p.jsonl")
     with pytest.raises(ValueError, match="min_gap"):
         PairsRunSettings(annotations=missing, out=tmp_path / "p.jsonl", min_gap=2.0)
 
