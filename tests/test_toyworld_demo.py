@@ -112,8 +112,10 @@ def test_rerun_resumes_without_redoing_any_step(quick_demo):
 
 
 def test_quick_demo_writes_the_same_files_with_the_same_fields(quick_demo):
-    """Which files the demo writes and the fields of their records, against a quick demo recorded before
-    the stage refactor (tests/data/unchanged/demo_shape.json; numbers depend on the CPU, shapes do not)."""
+    """Which files the demo writes and the fields of their records, against a quick demo run on the tree
+    before the stage refactor (370509e; tests/data/unchanged/demo_shape.json). Its numbers depend on the
+    CPU's float arithmetic, so they are not compared here; tests/test_unchanged.py compares a generated
+    world, its questions and the records of every stage on fixed inputs exactly."""
     from .test_unchanged import GOLDEN, demo_shape
 
     golden = json.loads((GOLDEN / "demo_shape.json").read_text(encoding="utf-8"))

@@ -154,7 +154,7 @@ def pipeline_records(folder: Path, monkeypatch, tokenizer_dir: Path, policy_dir:
 
     tmp = str(folder)
     world, questions, samples = toy_inputs(folder)
-    records: dict = {}
+    records: dict = {"world": json.loads(world.read_text(encoding="utf-8")), "questions": _jsonl(questions, tmp)}
 
     # The sampling stage on the LMDeploy test double (the real engine needs CUDA).
     lmdeploy_double.install(monkeypatch)
