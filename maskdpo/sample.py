@@ -27,8 +27,8 @@ from .jsonl import JsonlAppender, ReadStats
 from .prompt_sets import load_questions
 from .records import Question, Sample
 from .settings import knob, settings_dict, write_settings
-from .stage import BackendSettings, SamplingKnobs, check_model_path, check_outputs, check_resumable, parse_shard, select_items, \
-    settings_path
+from .stage import (BackendSettings, SamplingKnobs, check_model_path, check_outputs, check_resumable, parse_shard,
+                    select_items, settings_path)
 
 # Settings that change what a sample is; resuming into a file made with others is an error.
 IDENTITY_FIELDS = ("questions", "model", "backend", "n", "top_k", "top_p", "temperature", "max_new_tokens", "seed",

@@ -169,11 +169,6 @@ class BackendSettings(ServerKnobs):
         """A copy to write into the settings file: the API key never goes to disk."""
         return dataclasses.replace(self, api_key=None, **changes)
 
-    def backend_settings(self) -> "BackendSettings":
-        """Only the backend knobs of a stage's settings (which inherit them)."""
-        names = [f.name for f in dataclasses.fields(BackendSettings)]
-        return BackendSettings(**{name: getattr(self, name) for name in names})
-
     def backend_options(self, batch_size: int | None = None) -> dict:
         """The options :func:`maskdpo.backends.base.load_backend` takes for ``self.backend`` (the one mapping).
 
